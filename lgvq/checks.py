@@ -1,0 +1,68 @@
+"""Input validation shared by every public entry point.
+
+Each helper raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError``
+(wrong shape, device or content) with a message that names the argument and says
+what was expected, so users see the mistake at the call site rather than deep inside
+a kernel.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def check_tensor(
+    name: str,
+    t,
+    *,
+    ndim: int | None = None,
+    min_ndim: int | None = None,
+    dtypes: Iterable[torch.dtype] | None = FLOAT_DTYPES,
+    finite: bool = True,
+    nonempty: bool = True,
+) -> torch.Tensor:
+    """Validate one tensor argument and return it unchanged."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    if min_ndim is not None and t.dim() < min_ndim:
+        raise ValueError(
+            f"{name} must have at least {min_ndim} dimension(s), got shape {tuple(t.shape)}"
+        )
+    if dtypes is not None:
+        dtypes = tuple(dtypes)
+        if t.dtype not in dtypes:
+            names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+            raise TypeError(f"{name} must have dtype in ({names}), got {t.dtype}")
+    if nonempty and t.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
+    if finite and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+    return t
+
+
+def check_same_device(**tensors: torch.Tensor) -> torch.device:
+    """All tensors must live on one device; return it."""
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        listed = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"tensors must be on the same device, got {listed}")
+    return next(iter(devices.values()))
+
+
+def check_choice(name: str, value, choices: Iterable) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def check_positive(name: str, value, *, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")

@@ -1,0 +1,39 @@
+"""Test set-up: Triton kernels run in the CPU interpreter unless a GPU is present.
+
+TRITON_INTERPRET must be set before triton is first imported, so it is set here, at the
+top of the root conftest, before any lgvq module loads.
+"""
+
+import os
+import shutil
+
+if shutil.which("nvidia-smi") is None:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from lgvq.kernels import HAS_TRITON  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    skip_triton = pytest.mark.skip(reason="needs triton")
+    for item in items:
+        if "gpu" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip_gpu)
+        if "triton" in item.keywords and not HAS_TRITON:
+            item.add_marker(skip_triton)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def device():
+    """The device Triton kernels run on here: CUDA when present, else CPU (interpreter)."""
+    return torch.device("cuda" if HAS_CUDA else "cpu")
