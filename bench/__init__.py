@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench.NAME``. Results are appended to ``bench/results/``."""
