@@ -1,0 +1,7 @@
+"""The functional API: every op has a torch reference, a Triton path and backend dispatch."""
+
+from lgvq.ops.nearest import nearest_code
+from lgvq.ops.quantize import vector_quantize
+from lgvq.ops.stats import code_counts_and_sums
+
+__all__ = ["nearest_code", "vector_quantize", "code_counts_and_sums"]

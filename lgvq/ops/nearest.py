@@ -1,0 +1,138 @@
+"""Nearest-code search: ``nearest_code(x, codebook, metric)``.
+
+The torch reference (the oracle, and the CPU path) is blocked over rows so that it never
+holds more than ``block_bytes`` of distances at once; the Triton path never writes any.
+Both use the expanded form ``|x|^2 - 2 x·e + |e|^2``, accumulate in fp32 (fp64 for fp64
+inputs on the torch path) and break ties towards the lowest code index.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lgvq.checks import check_choice, check_finite, check_same_device, check_tensor
+from lgvq.ops.backend import resolve_backend
+
+METRICS = ("l2", "cos")
+#: Largest block of distances the torch path materialises at once.
+DEFAULT_BLOCK_BYTES = 64 * 2**20
+
+
+def check_codebook_inputs(x_name: str, x, codebook, metric: str) -> None:
+    """Shared validation of (x (..., d), codebook (K, d), metric) for the search-based ops."""
+    check_tensor(x_name, x, min_ndim=1, finite=False)
+    check_tensor("codebook", codebook, ndim=2, finite=False)
+    check_choice("metric", metric, METRICS)
+    if x.shape[-1] != codebook.shape[1]:
+        raise ValueError(
+            f"{x_name} has code dimension {x.shape[-1]} (its last axis) but codebook has "
+            f"{codebook.shape[1]} (shape {tuple(codebook.shape)})"
+        )
+    check_same_device(**{x_name: x, "codebook": codebook})
+    check_finite(x_name, x)
+    check_finite("codebook", codebook)
+
+
+def check_code_sq_norms(code_sq_norms, codebook, metric: str) -> None:
+    if code_sq_norms is None:
+        return
+    if metric != "l2":
+        raise ValueError("code_sq_norms applies to metric='l2' only (cosine codes have unit norm)")
+    check_tensor("code_sq_norms", code_sq_norms, ndim=1)
+    if code_sq_norms.shape[0] != codebook.shape[0]:
+        raise ValueError(
+            f"code_sq_norms must have one entry per code ({codebook.shape[0]}), got {code_sq_norms.shape[0]}"
+        )
+
+
+def normalize_for_metric(x: torch.Tensor, codebook: torch.Tensor, metric: str):
+    """Cosine codes compare unit vectors; L2 uses the inputs as they are."""
+    if metric == "cos":
+        return F.normalize(x, dim=-1), F.normalize(codebook, dim=-1)
+    return x, codebook
+
+
+def _accumulate_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def score_offsets(codebook: torch.Tensor, metric: str, code_sq_norms: torch.Tensor | None) -> torch.Tensor:
+    """Per-code term of the score ``offset_k - 2 x·e_k``: |e_k|^2 for L2, 0 for unit vectors."""
+    dtype = _accumulate_dtype(codebook)
+    if metric == "cos":
+        return torch.zeros(codebook.shape[0], device=codebook.device, dtype=dtype)
+    if code_sq_norms is not None:
+        return code_sq_norms.to(dtype)
+    return codebook.to(dtype).pow(2).sum(dim=1)
+
+
+def search_torch(
+    x: torch.Tensor, codebook: torch.Tensor, offsets: torch.Tensor, block_bytes: int = DEFAULT_BLOCK_BYTES
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference search over x (N, d): (min score, argmin) with score = offset - 2 x·e."""
+    dtype = _accumulate_dtype(x, codebook)
+    codes_t = codebook.to(dtype).t()
+    offsets = offsets.to(dtype)
+    n, k = x.shape[0], codebook.shape[0]
+    rows_per_block = max(1, block_bytes // (k * torch.finfo(dtype).bits // 8))
+    scores = torch.empty(n, device=x.device, dtype=dtype)
+    indices = torch.empty(n, device=x.device, dtype=torch.int64)
+    for start in range(0, n, rows_per_block):
+        block = slice(start, start + rows_per_block)
+        dist = torch.addmm(offsets, x[block].to(dtype), codes_t, alpha=-2.0)
+        scores[block], indices[block] = dist.min(dim=1)
+    return scores, indices
+
+
+def search(x: torch.Tensor, codebook: torch.Tensor, offsets: torch.Tensor, backend: str, num_splits=None):
+    """Dispatch the search of flat x (N, d) to the resolved backend ('triton' or 'torch')."""
+    if backend == "torch":
+        return search_torch(x, codebook, offsets)
+    from lgvq.kernels.nearest import nearest_code_search
+
+    if torch.float64 in (x.dtype, codebook.dtype):
+        raise TypeError("float64 inputs are supported by backend='torch' only")
+    dtype = torch.promote_types(x.dtype, codebook.dtype)  # tl.dot wants one operand dtype
+    return nearest_code_search(
+        x.to(dtype).contiguous(), codebook.to(dtype).contiguous(), offsets.float().contiguous(), num_splits
+    )
+
+
+def score_to_distance(score: torch.Tensor, x: torch.Tensor, metric: str) -> torch.Tensor:
+    """Squared L2 (|x|^2 + score) or cosine distance (1 - x·e = 1 + score/2), in fp32."""
+    if metric == "cos":
+        dist = 1.0 + 0.5 * score
+    else:
+        dist = x.to(score.dtype).pow(2).sum(dim=1) + score
+    return dist.clamp_min(0.0).float()
+
+
+@torch.no_grad()
+def nearest_code(
+    x: torch.Tensor,
+    codebook: torch.Tensor,
+    metric: str = "l2",
+    *,
+    backend: str = "auto",
+    code_sq_norms: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index and distance of the nearest codebook entry for every vector of ``x``.
+
+    Args:
+        x: (..., d) vectors, fp32/fp16/bf16 (fp64 on the torch backend).
+        codebook: (K, d) codes.
+        metric: ``"l2"`` (squared Euclidean) or ``"cos"`` (1 - cosine similarity).
+        backend: ``"auto"`` | ``"triton"`` | ``"torch"``.
+        code_sq_norms: optional precomputed |e_k|^2 (K,) for ``"l2"``, e.g. cached across calls.
+
+    Returns:
+        idx: int64 of shape ``x.shape[:-1]``; dist: fp32 of the same shape.
+    """
+    check_codebook_inputs("x", x, codebook, metric)
+    check_code_sq_norms(code_sq_norms, codebook, metric)
+    backend = resolve_backend(backend, x, codebook)
+    flat, codes = normalize_for_metric(x.reshape(-1, x.shape[-1]), codebook, metric)
+    score, idx = search(flat, codes, score_offsets(codes, metric, code_sq_norms), backend)
+    dist = score_to_distance(score, flat, metric)
+    return idx.view(x.shape[:-1]), dist.view(x.shape[:-1])

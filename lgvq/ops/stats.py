@@ -1,0 +1,47 @@
+"""Per-code statistics of an assignment: counts and sums of the rows mapped to each code.
+
+These drive EMA codebook updates, dead-code detection and usage/perplexity. Both paths
+scatter-add into (K,) and (K, d) buffers: no one-hot, no N×K tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lgvq.checks import check_same_device, check_tensor
+from lgvq.ops.backend import resolve_backend
+
+
+def code_counts_and_sums_torch(x: torch.Tensor, idx: torch.Tensor, num_codes: int):
+    acc = torch.promote_types(x.dtype, torch.float32)
+    counts = torch.bincount(idx, minlength=num_codes).to(acc)
+    sums = torch.zeros((num_codes, x.shape[1]), device=x.device, dtype=acc).index_add_(0, idx, x.to(acc))
+    return counts, sums
+
+
+@torch.no_grad()
+def code_counts_and_sums(
+    x: torch.Tensor, idx: torch.Tensor, num_codes: int, *, backend: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Counts (K,) and sums (K, d) of the rows of ``x`` (..., d) assigned to each code by ``idx``.
+
+    Outputs are fp32 (fp64 for fp64 inputs on the torch backend).
+    """
+    check_tensor("x", x, min_ndim=1)
+    check_tensor("idx", idx, dtypes=(torch.int64, torch.int32), finite=False, nonempty=False)
+    if idx.shape != x.shape[:-1]:
+        raise ValueError(f"idx must have shape x.shape[:-1] = {tuple(x.shape[:-1])}, got {tuple(idx.shape)}")
+    if num_codes <= 0:
+        raise ValueError(f"num_codes must be > 0, got {num_codes}")
+    check_same_device(x=x, idx=idx)
+    flat_x = x.reshape(-1, x.shape[-1])
+    flat_idx = idx.reshape(-1).long()
+    if flat_idx.min() < 0 or flat_idx.max() >= num_codes:
+        raise ValueError(f"idx values must lie in [0, {num_codes}), got [{int(flat_idx.min())}, {int(flat_idx.max())}]")
+    if resolve_backend(backend, x) == "torch":
+        return code_counts_and_sums_torch(flat_x, flat_idx, num_codes)
+    from lgvq.kernels.quantize import code_counts_and_sums as launch
+
+    if x.dtype == torch.float64:
+        raise TypeError("float64 inputs are supported by backend='torch' only")
+    return launch(flat_x.contiguous(), flat_idx.contiguous(), num_codes)
