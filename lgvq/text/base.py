@@ -1,0 +1,341 @@
+"""The text-encoder interface LG-VQ consumes, shared by every concrete encoder.
+
+LG-VQ needs four things from a frozen text encoder: contextual word features W (B, L, Dt),
+a sentence feature s (B, Ds), the token ids with their padding / special-token masks, and the
+encoder's input word-embedding matrix E (V, Dt) that the masked-text-prediction head scores
+against. ``TextEncoder`` provides them with a fixed caption length L so that the guidance
+module can allocate per-position parameters (the learned mask vectors are (L, Dt)).
+
+Subclasses only load a Hugging Face model + tokenizer and implement ``_run_model``;
+tokenisation, validation, freezing, masking and caching live here once.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lgvq.checks import check_tensor
+from lgvq.text.cache import CaptionFeatureCache
+
+DEFAULT_MAX_LENGTH = 30  # the LG-VQ release truncates CLIP captions to 30 tokens
+MIN_MAX_LENGTH = 3  # start + end token + at least one word
+DEFAULT_CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class TokenizedText:
+    """Fixed-length token ids of a batch of captions.
+
+    ids: (B, L) int64. attention_mask: (B, L) int64, 1 = real token (special tokens
+    included), 0 = padding. special_mask: (B, L) bool, True at start/end/cls/sep/padding
+    positions, which masked text prediction must never mask. captions: the source strings
+    when built by ``TextEncoder.tokenize``; ``encode`` uses them as cache keys and trusts
+    that they match ``ids``. None for ids that no longer spell the captions (masked ids).
+    """
+
+    ids: torch.Tensor
+    attention_mask: torch.Tensor
+    special_mask: torch.Tensor
+    captions: tuple[str, ...] | None = None
+
+    def to(self, device: torch.device | str) -> TokenizedText:
+        return TokenizedText(
+            ids=self.ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            special_mask=self.special_mask.to(device),
+            captions=self.captions,
+        )
+
+    def rows(self, index: Sequence[int]) -> TokenizedText:
+        """The sub-batch of the given rows (used to encode only the cache misses)."""
+        rows = torch.as_tensor(list(index), dtype=torch.long, device=self.ids.device)
+        captions = None if self.captions is None else tuple(self.captions[i] for i in index)
+        return TokenizedText(
+            ids=self.ids[rows],
+            attention_mask=self.attention_mask[rows],
+            special_mask=self.special_mask[rows],
+            captions=captions,
+        )
+
+
+@dataclass(frozen=True)
+class EncodedText:
+    """Frozen text features of a batch, on the encoder's device.
+
+    words: (B, L, Dt) float32 contextual word features, zero at padding positions.
+    sentence: (B, Ds) float32 sentence feature (Ds = Dt for MiniLM and CLIP ViT-B/32).
+    tokens: the tokens the encoder actually read (for ``encode_masked``: the masked ids).
+    """
+
+    words: torch.Tensor
+    sentence: torch.Tensor
+    tokens: TokenizedText
+
+
+def check_captions(captions) -> list[str]:
+    """Validate a batch of captions early, naming the offending index.
+
+    A bare string is rejected because iterating it would silently encode one caption per
+    character; empty captions are rejected because they carry no words to align or mask.
+    """
+    if isinstance(captions, str) or not isinstance(captions, (list, tuple)):
+        raise TypeError(f"captions must be a list of str, got {type(captions).__name__}")
+    if len(captions) == 0:
+        raise ValueError("captions must be a non-empty list of str, got an empty list")
+    for i, caption in enumerate(captions):
+        if not isinstance(caption, str):
+            raise TypeError(f"captions[{i}] must be a str, got {type(caption).__name__}")
+        if not caption.strip():
+            raise ValueError(f"captions[{i}] is empty or whitespace-only: {caption!r}")
+    return list(captions)
+
+
+def check_max_length(max_length, position_limit: int | None) -> int:
+    """L must hold start + end + one word and fit the encoder's position embeddings."""
+    if isinstance(max_length, bool) or not isinstance(max_length, int):
+        raise TypeError(f"max_length must be an int, got {type(max_length).__name__}")
+    if max_length < MIN_MAX_LENGTH:
+        raise ValueError(
+            f"max_length must be >= {MIN_MAX_LENGTH} (start and end tokens plus one word), "
+            f"got {max_length}"
+        )
+    if position_limit is not None and max_length > position_limit:
+        raise ValueError(
+            f"max_length must be <= {position_limit} (the encoder's position embeddings), "
+            f"got {max_length}"
+        )
+    return max_length
+
+
+def check_tokenizer_fits(tokenizer, vocab_size: int) -> None:
+    """Refuse a tokenizer that cannot belong to the model: one whose ids index past the
+    embedding matrix, or one that knows no words besides its special tokens."""
+    size = len(tokenizer)
+    if size > vocab_size:
+        raise ValueError(
+            f"the tokenizer has {size} tokens but the model embeds only {vocab_size}; "
+            "they come from different checkpoints"
+        )
+    if size <= len(set(tokenizer.all_special_ids)):
+        raise ValueError(f"the tokenizer knows no words besides its {size} special tokens")
+
+
+def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``hidden`` (B, L, D) over real tokens, as sentence-transformers pools."""
+    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+
+class TextEncoder(nn.Module, abc.ABC):
+    """A frozen pre-trained text encoder with a fixed caption length.
+
+    The wrapped model never trains: its parameters do not require grad, every encode runs
+    under ``torch.no_grad`` and the model stays in eval mode (no dropout) even when a
+    parent module calls ``.train()``, so the text features are a fixed target.
+    Captions longer than ``max_length`` tokens (start/end included) are truncated; shorter
+    ones are padded, so every batch is (B, max_length).
+
+    With ``cache=True`` the features of each caption are kept on CPU in an LRU map keyed by
+    the caption string (at most ``cache_size`` captions, about L * Dt * 4 bytes each), which
+    pays off when a dataset's captions are encoded every epoch.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        *,
+        max_length: int,
+        mask_token_id: int,
+        sentence_dim: int,
+        cache: bool,
+        cache_size: int,
+    ) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        check_tokenizer_fits(tokenizer, model.get_input_embeddings().num_embeddings)
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "right"  # CLIP's causal attention needs right padding
+        position_limit = getattr(model.config, "max_position_embeddings", None)
+        self._max_length = check_max_length(max_length, position_limit)
+        self._mask_token_id = int(mask_token_id)
+        self._sentence_dim = int(sentence_dim)
+        self.cache = CaptionFeatureCache(cache_size) if cache else None
+
+    @abc.abstractmethod
+    def _run_model(
+        self, ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the wrapped model: (last hidden state (B, L, Dt), sentence feature (B, Ds))."""
+
+    # ----------------------------------------------------------------- properties
+
+    @property
+    def word_embeddings(self) -> torch.Tensor:
+        """The encoder's input word-embedding matrix E (V, Dt), frozen (shares storage)."""
+        return self.model.get_input_embeddings().weight.detach()
+
+    @property
+    def dim(self) -> int:
+        """Dt: width of the word features and of E."""
+        return self.word_embeddings.shape[1]
+
+    @property
+    def sentence_dim(self) -> int:
+        """Ds: width of the sentence feature (CLIP's projection width, else Dt)."""
+        return self._sentence_dim
+
+    @property
+    def vocab_size(self) -> int:
+        """V: rows of E, i.e. the classes masked text prediction scores."""
+        return self.word_embeddings.shape[0]
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @property
+    def mask_token_id(self) -> int:
+        """The id that replaces masked words in ``encode_masked``."""
+        return self._mask_token_id
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    @property
+    def device(self) -> torch.device:
+        return self.word_embeddings.device
+
+    def train(self, mode: bool = True) -> TextEncoder:
+        """Record ``mode`` but keep the frozen model in eval mode (dropout off)."""
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    # ----------------------------------------------------------------- tokenise
+
+    def tokenize(self, captions: list[str]) -> TokenizedText:
+        """Tokenise to exactly ``max_length`` tokens per caption (truncating, padding)."""
+        captions = check_captions(captions)
+        batch = self.tokenizer(
+            captions,
+            padding="max_length",
+            truncation=True,
+            max_length=self.max_length,
+            return_attention_mask=True,
+            return_special_tokens_mask=True,
+            return_tensors="pt",
+        )
+        attention_mask = batch["attention_mask"].long()
+        special_mask = batch["special_tokens_mask"].bool() | (attention_mask == 0)
+        no_words = (~special_mask).sum(1) == 0
+        if bool(no_words.any()):
+            i = int(no_words.nonzero()[0])
+            raise ValueError(f"captions[{i}] has no tokens besides special ones: {captions[i]!r}")
+        return TokenizedText(
+            ids=batch["input_ids"].long(),
+            attention_mask=attention_mask,
+            special_mask=special_mask,
+            captions=tuple(captions),
+        )
+
+    def _check_tokens(self, tokens) -> TokenizedText:
+        if not isinstance(tokens, TokenizedText):
+            raise TypeError(
+                f"tokens must be a TokenizedText (from .tokenize), got {type(tokens).__name__}"
+            )
+        ids = check_tensor("tokens.ids", tokens.ids, ndim=2, dtypes=(torch.int64,))
+        if ids.shape[1] != self.max_length:
+            raise ValueError(
+                f"tokens.ids must have length max_length={self.max_length}, got shape "
+                f"{tuple(ids.shape)}"
+            )
+        check_tensor(
+            "tokens.attention_mask", tokens.attention_mask, dtypes=(torch.int64, torch.bool)
+        )
+        check_tensor("tokens.special_mask", tokens.special_mask, dtypes=(torch.bool,))
+        for name in ("attention_mask", "special_mask"):
+            if getattr(tokens, name).shape != ids.shape:
+                raise ValueError(
+                    f"tokens.{name} must have the shape of tokens.ids {tuple(ids.shape)}, got "
+                    f"{tuple(getattr(tokens, name).shape)}"
+                )
+        if tokens.captions is not None and len(tokens.captions) != ids.shape[0]:
+            raise ValueError(
+                f"tokens.captions has {len(tokens.captions)} entries for {ids.shape[0]} rows"
+            )
+        if bool((ids < 0).any()) or bool((ids >= self.vocab_size).any()):
+            raise ValueError(f"tokens.ids must lie in [0, {self.vocab_size})")
+        return tokens
+
+    # ----------------------------------------------------------------- encode
+
+    def forward(self, captions: list[str]) -> EncodedText:
+        return self.encode(self.tokenize(captions))
+
+    @torch.no_grad()
+    def encode(self, tokens: TokenizedText) -> EncodedText:
+        """Word and sentence features of ``tokens`` (served from the cache when enabled)."""
+        tokens = self._check_tokens(tokens)
+        if self.cache is not None and tokens.captions is not None:
+            return self._encode_cached(tokens)
+        return self._encode_batch(tokens)
+
+    @torch.no_grad()
+    def encode_masked(self, tokens: TokenizedText, mask: torch.Tensor) -> EncodedText:
+        """Re-encode with the ``mask`` (B, L) positions replaced by ``mask_token_id``.
+
+        This is the leak-free input of masked text prediction: the contextual features of
+        the unmasked neighbours are computed without ever seeing the masked words. Masking a
+        special or padding position is a bug in the caller and raises.
+        """
+        tokens = self._check_tokens(tokens)
+        check_tensor("mask", mask, ndim=2, dtypes=(torch.bool,), nonempty=False)
+        if mask.shape != tokens.ids.shape:
+            raise ValueError(
+                f"mask must have the shape of tokens.ids {tuple(tokens.ids.shape)}, got "
+                f"{tuple(mask.shape)}"
+            )
+        mask = mask.to(tokens.ids.device)
+        if bool((mask & tokens.special_mask).any()):
+            raise ValueError(
+                "mask must not cover special or padding positions (tokens.special_mask)"
+            )
+        masked = TokenizedText(
+            ids=tokens.ids.masked_fill(mask, self.mask_token_id),
+            attention_mask=tokens.attention_mask,
+            special_mask=tokens.special_mask,
+        )
+        return self._encode_batch(masked)
+
+    def _encode_batch(self, tokens: TokenizedText) -> EncodedText:
+        tokens = tokens.to(self.device)
+        hidden, sentence = self._run_model(tokens.ids, tokens.attention_mask.long())
+        real = tokens.attention_mask.unsqueeze(-1).to(torch.float32)
+        return EncodedText(words=hidden.float() * real, sentence=sentence.float(), tokens=tokens)
+
+    def _encode_cached(self, tokens: TokenizedText) -> EncodedText:
+        """Encode only the captions not in the cache (each once), then assemble the batch."""
+        features = {}
+        first_miss_row = {}
+        for row, caption in enumerate(tokens.captions):
+            if caption in features or caption in first_miss_row:
+                continue
+            hit = self.cache.get(caption)
+            if hit is None:
+                first_miss_row[caption] = row
+            else:
+                features[caption] = hit
+        if first_miss_row:
+            fresh = self._encode_batch(tokens.rows(list(first_miss_row.values())))
+            for j, caption in enumerate(first_miss_row):
+                features[caption] = self.cache.put(caption, fresh.words[j], fresh.sentence[j])
+        words = torch.stack([features[c][0] for c in tokens.captions]).to(self.device)
+        sentence = torch.stack([features[c][1] for c in tokens.captions]).to(self.device)
+        return EncodedText(words=words, sentence=sentence, tokens=tokens.to(self.device))
