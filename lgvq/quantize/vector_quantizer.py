@@ -176,12 +176,20 @@ class VectorQuantizer(nn.Module):
 
     # ---- internals ---------------------------------------------------------------------
 
-    def _quantize_flat(self, flat: torch.Tensor):
+    def _rewrites_codebook(self) -> bool:
+        """Whether training steps write the codebook in place after the forward."""
+        return self.ema or self.dead_code_threshold > 0
+
+    def _codebook_for_step(self) -> torch.Tensor:
         codebook = self.embedding.weight
-        if self.training and (self.ema or self.dead_code_threshold > 0):
-            # The updates below write the codebook in place; the op must keep (and backward
-            # must read) the codebook this step actually used.
+        if self.training and self._rewrites_codebook():
+            # The op keeps the codebook for backward, which must read the codebook this step
+            # used, not the one the in-place updates leave behind. clone() is differentiable.
             codebook = codebook.clone()
+        return codebook
+
+    def _quantize_flat(self, flat: torch.Tensor):
+        codebook = self._codebook_for_step()
         if self.ema:
             z_q, idx, _ = vector_quantize(flat, codebook, self.beta, self.metric, backend=self.backend)
             loss = self.beta * F.mse_loss(flat.float(), z_q.detach().float())

@@ -1,0 +1,65 @@
+"""Model registry: names, what each entry builds, overrides, and errors."""
+
+import pytest
+import torch
+
+from lgvq.models import AttnBlock, VQModel, build_loss, build_model, get_spec, model_names
+from lgvq.quantize import ClusteredVectorQuantizer
+
+NAMES = ["cvq-f16-paper", "cvq-tiny", "vqgan-f16-paper", "vqgan-tiny", "vqvae-tiny"]
+
+
+def test_names():
+    assert model_names() == NAMES
+    for name in NAMES:
+        assert get_spec(name).description
+
+
+def test_tiny_entries():
+    vqvae = build_model("vqvae-tiny")
+    assert not any(isinstance(m, AttnBlock) for m in vqvae.modules())
+    loss = build_loss("vqvae-tiny")
+    assert loss.discriminator is None and loss.l2_weight == 1.0 and loss.perceptual_loss is None
+
+    vqgan = build_model("vqgan-tiny")
+    assert any(isinstance(m, AttnBlock) for m in vqgan.modules())
+    assert type(vqgan.quantize).__name__ == "VectorQuantizer"
+    assert build_loss("vqgan-tiny").discriminator is not None
+
+    cvq = build_model("cvq-tiny")
+    assert isinstance(cvq.quantize, ClusteredVectorQuantizer) and cvq.quantize.contrastive
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert cvq.eval()(x).indices.shape == (1, 8, 8)
+
+
+def test_paper_entries():
+    with torch.device("meta"):  # 72M parameters: check the settings, skip the memory
+        vqgan, cvq = build_model("vqgan-f16-paper"), build_model("cvq-f16-paper")
+    for model in (vqgan, cvq):
+        config = model.config
+        assert (config.image_size, config.downsample_factor, config.n_embed, config.embed_dim) == (256, 16, 1024, 256)
+        assert model.quantize.embedding.weight.shape == (1024, 256)
+    assert vqgan.config.legacy  # the release's VectorQuantizer2 default
+    assert isinstance(cvq.quantize, ClusteredVectorQuantizer)
+    assert cvq.quantize.anchor == "probrandom" and cvq.quantize.metric == "l2" and cvq.quantize.contrastive
+    spec = get_spec("vqgan-f16-paper")
+    assert spec.loss["disc_start"] == 10000 and spec.loss["disc_weight"] == 0.8
+
+
+def test_overrides_and_configs():
+    model = build_model("vqgan-tiny", n_embed=32, metric="cos")
+    assert model.quantize.n_e == 32 and model.quantize.metric == "cos"
+    assert get_spec("vqgan-tiny").model.n_embed == 256  # the registry entry is untouched
+    again = build_model(model.config)
+    assert isinstance(again, VQModel) and again.config == model.config
+    assert build_loss("vqgan-tiny", disc_start=7).disc_start == 7
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="unknown model 'vqgan'; valid names: cvq-f16-paper, cvq-tiny, vqgan-f16"):
+        build_model("vqgan")
+    with pytest.raises(TypeError, match="unknown VQModelConfig fields"):
+        build_model("vqgan-tiny", codebook_size=8)
+    with pytest.raises(TypeError, match="name_or_config must be a model name or a VQModelConfig"):
+        build_model(12)
