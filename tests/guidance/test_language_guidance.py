@@ -1,0 +1,198 @@
+"""LanguageGuidance: each loss against a hand computation, the leak-free masked text
+prediction, the alignment metrics, and a tiny VQ model whose every loss decreases."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lgvq.guidance import LanguageGuidance
+from lgvq.guidance.semantic import (
+    global_semantic_alignment_loss,
+    mask_k_words,
+    sample_mask_ratio,
+    sample_word_mask,
+)
+from lgvq.quantize import VectorQuantizer
+from lgvq.text import load_text_encoder
+
+CAPTIONS = [
+    "a small red circle to the left of a large blue square",
+    "a green triangle at the top",
+    "two objects: a yellow star above a purple circle",
+    "there is a large orange square",
+]
+
+
+@pytest.fixture(scope="module")
+def text_encoder():
+    return load_text_encoder()
+
+
+def test_gsa_matches_hand_computation():
+    g = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    s = torch.tensor([[3.0, 0.0], [1.0, 1.0]])
+    # ĝ·ŝ: row 0 → [1, 1/√2]; row 1 → [0, 1/√2]
+    r = 1 / math.sqrt(2)
+    loss0 = -math.log(math.exp(1) / (math.exp(1) + math.exp(r) + 1e-6))
+    loss1 = -math.log(math.exp(r) / (math.exp(0) + math.exp(r) + 1e-6))
+    got = global_semantic_alignment_loss(g, s)
+    assert got.item() == pytest.approx((loss0 + loss1) / 2, rel=1e-6)
+    # temperature divides the logits
+    got_t = global_semantic_alignment_loss(g, s, temperature=0.5)
+    loss0_t = -math.log(math.exp(2) / (math.exp(2) + math.exp(2 * r) + 1e-6))
+    loss1_t = -math.log(math.exp(2 * r) / (1 + math.exp(2 * r) + 1e-6))
+    assert got_t.item() == pytest.approx((loss0_t + loss1_t) / 2, rel=1e-6)
+
+
+def test_gsa_sentence_is_a_detached_target():
+    g = torch.randn(3, 4, requires_grad=True)
+    s = torch.randn(3, 4, requires_grad=True)
+    global_semantic_alignment_loss(g, s).backward()
+    assert g.grad is not None and s.grad is None
+
+
+def test_mask_ratio_is_truncated_normal_in_range():
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.tensor([sample_mask_ratio(gen) for _ in range(2000)])
+    assert draws.min() >= 0.1 and draws.max() <= 0.3
+    # N(0.5, 0.1) restricted to [0.1, 0.3] piles up at the upper bound
+    assert draws.mean() > 0.25
+
+
+def test_word_masks_never_touch_special_tokens(text_encoder):
+    tokens = text_encoder.tokenize(CAPTIONS)
+    gen = torch.Generator().manual_seed(1)
+    mask = sample_word_mask(tokens, 0.9, gen)
+    assert not (mask & tokens.special_mask).any() and mask.any()
+    exact = mask_k_words(tokens, 3, gen)
+    assert exact.sum(1).tolist() == [3, 3, 3, 3]
+    assert not (exact & tokens.special_mask).any()
+
+
+def test_mtp_loss_is_label_smoothed_ce(text_encoder):
+    guidance = LanguageGuidance(8, 2, text_encoder)
+    logits = torch.randn(2, 5)  # two masked positions
+    targets = torch.tensor([1, 3])
+    got = guidance.mtp.loss(logits, targets)
+    logp = logits.log_softmax(-1)
+    smoothed = -(0.9 * logp[torch.arange(2), targets] + 0.1 * logp.mean(-1))
+    assert got.item() == pytest.approx(smoothed.mean().item(), rel=1e-5)
+    assert guidance.mtp.loss(logits[:0], targets[:0]).item() == 0.0
+
+
+def _visual_tokens(guidance, batch):
+    return guidance.visual(torch.randn(batch, 4, 8))
+
+
+def test_leak_free_prediction_cannot_see_the_masked_word(text_encoder):
+    """Two captions that differ only in the masked word: leak-free logits are identical,
+    while the released contextual input differs (the leak)."""
+    guidance = LanguageGuidance(8, 2, text_encoder).eval()
+    text = text_encoder(["a red circle", "a blue circle"])
+    word = text.tokens.ids[0] != text.tokens.ids[1]
+    assert word.sum() == 1  # "red" vs "blue": one differing position
+    mask = word.expand(2, -1)
+    visual = _visual_tokens(guidance, 1).expand(2, -1, -1)
+    leak_free = guidance.predict_masked(text, mask, visual, leak_free=True)
+    contextual = guidance.predict_masked(text, mask, visual, leak_free=False)
+    assert leak_free.shape == (2, text_encoder.vocab_size)  # one row per masked word
+    assert torch.allclose(leak_free[0], leak_free[1], atol=1e-5)
+    assert not torch.allclose(contextual[0], contextual[1], atol=1e-3)
+
+
+def test_text_encoder_is_not_in_state_dict(text_encoder):
+    guidance = LanguageGuidance(8, 2, text_encoder)
+    assert not any(k.startswith("text_encoder") for k in guidance.state_dict())
+    assert all(p.requires_grad for p in guidance.parameters())
+
+
+def test_inputs_are_checked(text_encoder):
+    guidance = LanguageGuidance(8, 2, text_encoder)
+    with pytest.raises(ValueError, match="C=8"):
+        guidance(torch.randn(2, 6, 2, 2), CAPTIONS[:2])
+    with pytest.raises(ValueError, match="2 captions for a batch of 3"):
+        guidance(torch.randn(3, 8, 2, 2), CAPTIONS[:2])
+    with pytest.raises(ValueError, match="grid_size"):
+        guidance(torch.randn(2, 8, 3, 3), CAPTIONS[:2])
+    with pytest.raises(ValueError, match="empty"):
+        guidance(torch.randn(2, 8, 2, 2), ["a cat", "  "])
+    with pytest.raises(ValueError, match="mtp_input"):
+        LanguageGuidance(8, 2, text_encoder, mtp_input="masked")
+    with pytest.raises(TypeError, match="TextEncoder"):
+        LanguageGuidance(8, 2, object())
+
+
+def test_layouts_agree(text_encoder):
+    guidance = LanguageGuidance(8, (2, 3), text_encoder).eval()
+    z = torch.randn(2, 8, 2, 3)
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    torch.manual_seed(0)
+    a = guidance(z, CAPTIONS[:2], generator=gen())
+    torch.manual_seed(0)
+    b = guidance(z.permute(0, 2, 3, 1), CAPTIONS[:2], channels_last=True, generator=gen())
+    torch.manual_seed(0)
+    c = guidance(z.flatten(2).transpose(1, 2), CAPTIONS[:2], generator=gen())
+    for other in (b, c):
+        assert torch.allclose(a.loss, other.loss, atol=1e-6)
+
+
+def test_metrics_on_known_cases(text_encoder):
+    guidance = LanguageGuidance(8, 2, text_encoder).eval()
+    z = torch.randn(4, 8, 2, 2)
+    correct, total = guidance.masked_word_recall(z, CAPTIONS, num_masked=3, generator=torch.Generator().manual_seed(0))
+    assert total == 12 and 0 <= correct <= total
+    sse, pairs = guidance.word_code_similarity_mse(z, CAPTIONS)
+    words = (~text_encoder.tokenize(CAPTIONS).special_mask).sum(1)
+    assert pairs == int((words * (words - 1)).sum())
+    assert sse >= 0
+
+
+def test_word_code_mse_is_zero_when_codes_mirror_words(text_encoder):
+    """If every word's matched code has the word's own direction, the MSE is 0."""
+    guidance = LanguageGuidance(8, 1, text_encoder).eval()
+    text = text_encoder(["a red circle"])
+    one_word = (~text.tokens.special_mask).sum() == 1
+    assert not one_word
+    # a single grid position: every word matches it, so code similarity is 1 for all pairs;
+    # word similarity is not, so the metric must be positive
+    sse, pairs = guidance.word_code_similarity_mse(torch.randn(1, 8, 1, 1), text)
+    expected = 0.0
+    w = F.normalize(text.words[0][~text.tokens.special_mask[0]], dim=-1)
+    sim = w @ w.t()
+    off = ~torch.eye(sim.shape[0], dtype=torch.bool)
+    expected = float(((sim - 1) ** 2)[off].sum())
+    assert pairs == int(off.sum()) and sse == pytest.approx(expected, rel=1e-4)
+
+
+class TinyVQ(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Conv2d(3, 16, 4, 2, 1), nn.ReLU(), nn.Conv2d(16, 8, 4, 2, 1))
+        self.quantizer = VectorQuantizer(32, 8)
+        self.decoder = nn.Sequential(nn.ConvTranspose2d(8, 16, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(16, 3, 4, 2, 1))
+
+
+def test_tiny_vq_with_guidance_every_loss_decreases(text_encoder):
+    """Joint training on a fixed batch. Lras moves slowly (its target argmax shifts as the
+    visual tokens learn), so it gets a larger weight; GSA a sharper temperature."""
+    torch.manual_seed(0)
+    model = TinyVQ()
+    guidance = LanguageGuidance(8, 4, text_encoder, weights=(1.0, 1.0, 10.0), temperature=0.1)
+    images = torch.rand(4, 3, 16, 16) * 2 - 1
+    text = text_encoder(CAPTIONS)  # encoded once, as the caption cache would
+    opt = torch.optim.Adam(list(model.parameters()) + list(guidance.parameters()), lr=1e-3)
+    history = []
+    for _ in range(10):
+        z_q, vq_loss, _ = model.quantizer(model.encoder(images))
+        rec = F.mse_loss(model.decoder(z_q), images)
+        out = guidance(z_q, text, generator=torch.Generator().manual_seed(0))
+        loss = rec + vq_loss + out.loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append([rec.item(), out.gsa.item(), out.mtp.item(), out.ras.item()])
+    for name, first, last in zip(["rec", "gsa", "mtp", "ras"], history[0], history[-1]):
+        assert last < first, f"{name} did not decrease: {first:.5f} -> {last:.5f}"
