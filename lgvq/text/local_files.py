@@ -108,6 +108,9 @@ def load_pretrained(loader, directory: Path, what: str, **kwargs):
     transformers reports absent local files as an ``OSError`` about the hub; re-raise it as
     the ``FileNotFoundError`` users can act on.
     """
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a per-tensor loading bar for a 90 MB model is noise
     try:
         return loader.from_pretrained(str(directory), local_files_only=True, **kwargs)
     except OSError as err:

@@ -1,0 +1,171 @@
+"""Experiment configuration: nested dataclasses loaded from YAML, with ``--set a.b=value``.
+
+Unknown keys are errors (a typo must not silently train the default), values are parsed
+as YAML scalars (``--set train.steps=200``, ``--set guidance.weights=[0.01,0.01,0.001]``)
+and checked against the field's type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class DataConfig:
+    name: str = "shapes"  # shapes | cub | celeba | coco | textcaps | folder
+    root: str | None = None
+    image_size: int = 32
+    size: int = 4096  # shapes only: number of generated training images
+    eval_size: int = 256  # images used by evaluation
+    split: str = "train"
+    eval_split: str = "val"
+    caption_mode: str = "random"
+    batch_size: int = 16
+    num_workers: int = 0
+    skip_bad: bool = False
+
+
+@dataclass
+class ModelConfig:
+    name: str = "vqvae-tiny"  # a registry name (lgvq.models.registry)
+    overrides: dict = field(default_factory=dict)  # VQModelConfig fields, e.g. {n_embed: 512}
+    loss: dict = field(default_factory=dict)  # loss arguments, e.g. {vgg_path: ..., lpips_path: ..., disc_start: 2000}
+
+
+@dataclass
+class GuidanceConfig:
+    enabled: bool = False
+    text_encoder: str | None = None  # None: the embedded all-MiniLM-L6-v2; else a local directory
+    max_length: int = 30
+    weights: list = field(default_factory=lambda: [1e-3, 1e-3, 1e-3])  # gsa, mtp, ras
+    temperature: float = 1.0
+    mtp_input: str = "leak_free"
+    cache_captions: bool = True
+
+
+@dataclass
+class OptimConfig:
+    base_lr: float = 4.5e-6
+    scale_lr: bool = True  # lr = base_lr * batch_size, as the taming / LG-VQ release does
+    betas: list = field(default_factory=lambda: [0.5, 0.9])
+    grad_clip: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    seed: int = 0
+    log_every: int = 10
+    image_every: int = 200
+    ckpt_every: int = 500
+    out_dir: str = "runs/default"
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    tensorboard: bool = True
+
+
+@dataclass
+class ExperimentConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _check_type(path: str, value, annotation):
+    """Accept ``value`` for a field annotated ``annotation`` (ints widen to floats).
+
+    Annotations are strings here (``from __future__ import annotations``), e.g. "int | None".
+    """
+    allowed = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list,), "dict": (dict,)}
+    options = [a.strip() for a in str(annotation).split("|")]
+    if value is None and "None" in options:
+        return value
+    if "float" in options and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    for option in options:
+        kinds = allowed.get(option)
+        if kinds and isinstance(value, kinds) and not (option in ("int", "float") and isinstance(value, bool)):
+            return float(value) if option == "float" else value
+    raise ConfigError(f"{path} must be {annotation}, got {value!r}")
+
+
+def _build(cls, values: dict, prefix: str = ""):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; valid: {', '.join(prefix + k for k in fields)}")
+    kwargs = {}
+    for name, value in values.items():
+        f = fields[name]
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            kwargs[name] = _build(f.default_factory, value, prefix + name + ".")
+        else:
+            kwargs[name] = _check_type(prefix + name, value, f.type)
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict) -> ExperimentConfig:
+    return _build(ExperimentConfig, values)
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b=value`` strings to a nested dict (values parsed as YAML scalars)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = values
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return values
+
+
+def _merge(base: dict, top: dict) -> dict:
+    merged = dict(base)
+    for key, value in top.items():
+        both_sections = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merge(merged[key], value) if both_sections else value
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML config as a dict; a ``base: other.yaml`` key (relative to this file) is read
+    first and this file's values are merged over it, so variants state only what differs."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    with open(path) as f:
+        values = yaml.safe_load(f) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of config sections")
+    base = values.pop("base", None)
+    return _merge(read_yaml(path.parent / base), values) if base else values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read a YAML config (or start from defaults when ``path`` is None) and apply overrides."""
+    values = read_yaml(path) if path is not None else {}
+    return config_from_dict(apply_overrides(values, list(overrides)))
+
+
+def config_to_dict(config: ExperimentConfig) -> dict:
+    return dataclasses.asdict(config)

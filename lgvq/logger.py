@@ -1,0 +1,41 @@
+"""Run logs: one JSON object per line (``metrics.jsonl``) and, optionally, TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+class RunLogger:
+    def __init__(self, out_dir: str | Path, tensorboard: bool = True, enabled: bool = True):
+        self.enabled = enabled  # False on non-zero ranks: only rank 0 writes
+        self.out_dir = Path(out_dir)
+        self.writer = None
+        if not enabled:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.out_dir / "metrics.jsonl"
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+
+    def log(self, step: int, metrics: dict, prefix: str = "train") -> None:
+        if not self.enabled:
+            return
+        clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, "split": prefix, **clean}) + "\n")
+        if self.writer is not None:
+            for key, value in clean.items():
+                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_log(path: str | Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,236 @@
+"""Training: one flat loop for VQ-VAE / VQ-GAN / CVQ, with or without language guidance.
+
+    lgvq train --config configs/shapes-vqvae-lg.yaml --set train.steps=500
+
+Each step: autoencoder forward → reconstruction + codebook (+ LPIPS + GAN) loss
+(+ LanguageGuidance losses on z_q) → one optimizer step; then, once the discriminator is
+on, a discriminator step. Logs go to ``metrics.jsonl`` and TensorBoard, reconstruction
+grids to ``images/``, checkpoints to ``checkpoints/`` (atomic; ``resume=True`` continues
+bit-for-bit: same weights, optimizer states, RNG states and data order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lgvq.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from lgvq.config import ExperimentConfig, config_to_dict
+from lgvq.data import collate, load_dataset
+from lgvq.guidance import LanguageGuidance
+from lgvq.logger import RunLogger
+from lgvq.models.registry import build_loss, build_model
+from lgvq.visualize import save_image_grid
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Batches of indices addressed by global step: epoch e is a permutation seeded by
+    (seed, e), cut into full batches. Starting at any step reproduces the same order, which
+    is what makes resume exact without saving sampler state."""
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, epoch: int, start: int = 0):
+        if num_items < batch_size:
+            raise ValueError(f"the dataset has {num_items} items, fewer than one batch of {batch_size}")
+        self.num_items, self.batch_size, self.seed, self.epoch, self.start = num_items, batch_size, seed, epoch, start
+
+    @staticmethod
+    def per_epoch(num_items: int, batch_size: int) -> int:
+        return num_items // batch_size
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.num_items, generator=gen).tolist()
+        for b in range(self.start, len(self)):
+            yield order[b * self.batch_size:(b + 1) * self.batch_size]
+
+    def __len__(self) -> int:
+        return self.per_epoch(self.num_items, self.batch_size)
+
+
+def batches_from(dataset, config: ExperimentConfig, step: int):
+    """Yield (images, captions) forever, starting at global ``step``."""
+    per_epoch = StepBatches.per_epoch(len(dataset), config.data.batch_size)
+    epoch, offset = divmod(step, per_epoch)
+    while True:
+        dataset.set_epoch(epoch)  # before the loader copies the dataset into its workers
+        sampler = StepBatches(len(dataset), config.data.batch_size, config.train.seed, epoch, offset)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=sampler, collate_fn=collate, num_workers=config.data.num_workers,
+            generator=torch.Generator().manual_seed(config.train.seed),  # keeps the global RNG untouched
+        )
+        for batch in loader:
+            yield batch["image"], batch["caption"]
+        epoch, offset = epoch + 1, 0
+
+
+@dataclass
+class Run:
+    """Everything a loop (training or evaluation) needs, built from one config."""
+
+    config: ExperimentConfig
+    device: torch.device
+    model: torch.nn.Module
+    loss: torch.nn.Module
+    guidance: LanguageGuidance | None
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        mods = {"model": self.model, "loss": self.loss}
+        if self.guidance is not None:
+            mods["guidance"] = self.guidance
+        return mods
+
+
+def build_run(config: ExperimentConfig) -> Run:
+    """Model, loss and (optional) guidance for ``config``, on its device."""
+    device = resolve_device(config.train.device)
+    model = build_model(config.model.name, **config.model.overrides)
+    loss = build_loss(config.model.name, **config.model.loss)
+    guidance = None
+    if config.guidance.enabled:
+        from lgvq.text import load_text_encoder
+
+        encoder = load_text_encoder(
+            config.guidance.text_encoder, max_length=config.guidance.max_length, cache=config.guidance.cache_captions
+        )
+        guidance = LanguageGuidance(
+            model.config.embed_dim, model.config.latent_size, encoder,
+            weights=tuple(config.guidance.weights), temperature=config.guidance.temperature,
+            mtp_input=config.guidance.mtp_input, backend=model.config.backend,
+        )
+    run = Run(config, device, model, loss, guidance)
+    for module in run.modules().values():
+        module.to(device)
+    return run
+
+
+def make_optimizers(run: Run) -> dict[str, torch.optim.Optimizer]:
+    optim = run.config.optim
+    lr = optim.base_lr * run.config.data.batch_size if optim.scale_lr else optim.base_lr
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    if run.guidance is not None:
+        params += list(run.guidance.parameters())
+    optimizers = {"ae": torch.optim.Adam(params, lr=lr, betas=tuple(optim.betas))}
+    if run.loss.discriminator is not None:
+        optimizers["disc"] = torch.optim.Adam(run.loss.discriminator.parameters(), lr=lr, betas=tuple(optim.betas))
+    return optimizers
+
+
+def autocast(run: Run):
+    if run.device.type == "cuda" and run.config.train.amp:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_step(run: Run, optimizers, images: torch.Tensor, captions: list[str], step: int) -> dict[str, float]:
+    """One optimisation step; returns the scalars worth logging."""
+    run.model.train()
+    with autocast(run):
+        out = run.model(images)
+        ae_loss, logs = run.loss.generator_loss(out.vq_loss, images, out.x_rec, step, run.model.get_last_layer())
+        if run.guidance is not None:
+            guided = run.guidance(out.z_q, captions)
+            ae_loss = ae_loss + guided.loss
+            logs.update({"train/gsa": guided.gsa, "train/mtp": guided.mtp, "train/ras": guided.ras})
+    optimizers["ae"].zero_grad(set_to_none=True)
+    ae_loss.backward()
+    if run.config.optim.grad_clip:
+        torch.nn.utils.clip_grad_norm_(
+            [p for g in optimizers["ae"].param_groups for p in g["params"]], run.config.optim.grad_clip
+        )
+    optimizers["ae"].step()
+    if "disc" in optimizers and run.loss.disc_factor_at(step) > 0:
+        with autocast(run):
+            d_loss, d_logs = run.loss.discriminator_loss(images, out.x_rec.detach(), step)
+        optimizers["disc"].zero_grad(set_to_none=True)
+        d_loss.backward()
+        optimizers["disc"].step()
+        logs.update(d_logs)
+    logs.update({"train/perplexity": out.perplexity, "train/usage": out.usage})
+    return {k.split("/", 1)[1]: float(v.detach()) for k, v in logs.items()}
+
+
+@torch.no_grad()
+def save_reconstructions(run: Run, images: torch.Tensor, path: Path) -> None:
+    was_training = run.model.training
+    run.model.eval()
+    with autocast(run):
+        rec = run.model(images).x_rec
+    run.model.train(was_training)
+    save_image_grid([images, rec.float()], path)
+
+
+def train(config: ExperimentConfig, resume: bool = False, progress: bool = True) -> Run:
+    """Train ``config`` into ``config.train.out_dir``; returns the trained Run."""
+    out_dir = Path(config.train.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=2))
+    seed_everything(config.train.seed)
+    dataset = load_dataset(**dataset_args(config, config.data.split, config.data.size))
+    run = build_run(config)
+    optimizers = make_optimizers(run)
+    ckpt_dir = out_dir / "checkpoints"
+    step = 0
+    if resume:
+        latest = latest_checkpoint(ckpt_dir)
+        if latest is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
+        step = load_checkpoint(latest, run.modules(), optimizers)["step"]
+    preview = torch.stack([dataset[i]["image"] for i in range(min(8, len(dataset)))]).to(run.device)
+    logger = RunLogger(out_dir, tensorboard=config.train.tensorboard)
+    batches = batches_from(dataset, config, step)
+    bar = tqdm(total=config.train.steps, initial=step, disable=not progress, desc=f"train {out_dir.name}",
+               dynamic_ncols=True)
+    try:
+        while step < config.train.steps:
+            images, captions = next(batches)
+            logs = train_step(run, optimizers, images.to(run.device), captions, step)
+            step += 1
+            bar.update(1)
+            if step % config.train.log_every == 0 or step == config.train.steps:
+                logger.log(step, logs)
+                bar.set_postfix(nll=f"{logs['nll_loss']:.3f}", ppl=f"{logs['perplexity']:.0f}")
+            if step % config.train.image_every == 0 or step == config.train.steps:
+                save_reconstructions(run, preview, out_dir / "images" / f"step_{step:08d}.png")
+            if step % config.train.ckpt_every == 0 or step == config.train.steps:
+                save_checkpoint(ckpt_dir, step, run.modules(), optimizers, {"config": config_to_dict(config)})
+    finally:
+        bar.close()
+        logger.close()
+    return run
+
+
+def dataset_args(config: ExperimentConfig, split: str, size: int) -> dict:
+    data = config.data
+    args = dict(name=data.name, root=data.root, split=split, image_size=data.image_size,
+                caption_mode=data.caption_mode, skip_bad=data.skip_bad, seed=config.train.seed)
+    if data.name == "shapes":
+        args["size"] = size
+    return args
+
+
+def config_with(config: ExperimentConfig, **sections) -> ExperimentConfig:
+    """A copy of ``config`` with whole fields of sections replaced: config_with(c, train={"steps": 5})."""
+    replaced = {name: dataclasses.replace(getattr(config, name), **fields) for name, fields in sections.items()}
+    return dataclasses.replace(config, **replaced)

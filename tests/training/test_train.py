@@ -1,0 +1,82 @@
+"""Training loop: short runs per backbone ± guidance, exact resume, atomic checkpoints."""
+
+import os
+
+import pytest
+import torch
+
+import lgvq.checkpoint as checkpoint_mod
+from lgvq.checkpoint import latest_checkpoint, load_weights, save_checkpoint
+from lgvq.config import load_config
+from lgvq.train import build_run, train
+
+
+def tiny_config(tmp_path, *extra):
+    return load_config(None, [
+        f"train.out_dir={tmp_path}", "train.log_every=1", "train.image_every=2", "train.ckpt_every=2",
+        "train.tensorboard=false", "data.batch_size=4", "data.size=16", "optim.base_lr=1e-4", *extra,
+    ])
+
+
+@pytest.mark.parametrize("name", ["vqvae-tiny", "vqgan-tiny", "cvq-tiny"])
+@pytest.mark.parametrize("guided", [False, True])
+def test_two_steps_per_backbone(tmp_path, name, guided):
+    config = tiny_config(tmp_path, f"model.name={name}", "train.steps=2", f"guidance.enabled={str(guided).lower()}",
+                         "model.loss={disc_start: 1}" if name != "vqvae-tiny" else "model.loss={}")
+    run = train(config, progress=False)
+    logs = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(logs) == 2
+    assert (tmp_path / "images" / "step_00000002.png").is_file()
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step_00000002"
+    assert (run.guidance is not None) == guided
+    if guided:
+        assert '"mtp"' in logs[-1] and '"ras"' in logs[-1]
+    if name != "vqvae-tiny":
+        assert '"disc_loss"' in logs[-1]  # the discriminator stepped at step 1
+    for p in run.model.parameters():
+        assert torch.isfinite(p).all()
+
+
+def _weights(run):
+    return {f"{m}.{k}": v.clone() for m, mod in run.modules().items() for k, v in mod.state_dict().items()}
+
+
+def test_resume_continues_exactly(tmp_path):
+    extra = ["model.name=vqgan-tiny", "model.loss={disc_start: 1}", "guidance.enabled=true",
+             "model.overrides={dead_code_threshold: 0.5}"]
+    straight = train(tiny_config(tmp_path / "a", "train.steps=4", *extra), progress=False)
+    train(tiny_config(tmp_path / "b", "train.steps=2", *extra), progress=False)
+    resumed = train(tiny_config(tmp_path / "b", "train.steps=4", *extra), resume=True, progress=False)
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(tiny_config(tmp_path, "train.steps=2"), resume=True, progress=False)
+
+
+def test_crash_mid_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    run = build_run(tiny_config(tmp_path))
+    opt = {"ae": torch.optim.Adam(run.model.parameters())}
+    save_checkpoint(tmp_path, 1, run.modules(), opt)
+    before = _weights(run)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    with torch.no_grad():
+        for p in run.model.parameters():
+            p.add_(1.0)
+    monkeypatch.setattr(checkpoint_mod.torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tmp_path, 2, run.modules(), opt)
+    monkeypatch.undo()
+    assert latest_checkpoint(tmp_path).name == "step_00000001"
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
+    fresh = build_run(tiny_config(tmp_path))
+    load_weights(latest_checkpoint(tmp_path), fresh.modules())
+    for key, value in _weights(fresh).items():
+        assert torch.equal(value, before[key]), key
