@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from . import HAS_TRITON, INTERPRET
+from . import HAS_TRITON, INTERPRET, fp32_dot_precision
 
 if HAS_TRITON:
     import triton
@@ -124,13 +124,6 @@ if HAS_TRITON:
         tl.store(index_out_ptr + out, best_idx, mask=row_ok)
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
-    """fp32 follows torch's own matmul setting, so triton and eager agree on TF32 use."""
-    if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
-        return "ieee"
-    return "tf32" if dtype == torch.float32 else "ieee"
-
-
 def _auto_splits(n: int, k: int, device: torch.device) -> int:
     """Enough codebook splits that (row blocks × splits) covers every SM about twice."""
     if device.type != "cuda":
@@ -167,7 +160,7 @@ def nearest_code_search(
         x, codebook, code_sq_norms, scores, indices,
         n, k, d, codes_per_split,
         x.stride(0), codebook.stride(0),
-        BLOCK_D=block_d, SINGLE_D=single_d, PRECISION=_dot_precision(x.dtype),
+        BLOCK_D=block_d, SINGLE_D=single_d, PRECISION=fp32_dot_precision() if x.dtype == torch.float32 else "ieee",
     )
     if num_splits == 1:
         return scores[0], indices[0].long()

@@ -43,7 +43,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import HAS_TRITON, INTERPRET
+from . import HAS_TRITON, INTERPRET, fp32_dot_precision
 
 if HAS_TRITON:
     import triton
@@ -285,11 +285,6 @@ if HAS_TRITON:
             )
 
 
-def _dot_precision() -> str:
-    """fp32 tl.dot follows torch's matmul setting, so triton and the torch reference agree on TF32."""
-    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
-
-
 class RelationState(NamedTuple):
     """What the backward needs from the forward, all per caption and small (no M or Dt axis)."""
 
@@ -314,7 +309,7 @@ def relation_forward(
     dev = words.device
     n_tiles = triton.cdiv(M, TOKEN_BLOCK)
     n_word_blocks = triton.cdiv(L, WORD_BLOCK)
-    precision = _dot_precision()
+    precision = fp32_dot_precision()
 
     best = torch.empty((B, n_tiles, L), device=dev, dtype=torch.float32)
     arg = torch.empty((B, n_tiles, L), device=dev, dtype=torch.int32)
@@ -354,6 +349,6 @@ def relation_backward(codes: torch.Tensor, state: RelationState, grad_loss: torc
         grad_loss.to(torch.float32).contiguous(), d_codes,
         L, M, D, state.r.shape[1], 4.0 / (B * L * L),
         *codes.stride(),
-        WORDS=max(16, triton.next_power_of_2(L)), BLOCK_K=WORD_BLOCK, PRECISION=_dot_precision(),
+        WORDS=max(16, triton.next_power_of_2(L)), BLOCK_K=WORD_BLOCK, PRECISION=fp32_dot_precision(),
     )
     return d_codes

@@ -1,6 +1,11 @@
 """Training: one flat loop for VQ-VAE / VQ-GAN / CVQ, with or without language guidance.
 
     lgvq train --config configs/shapes-vqvae-lg.yaml --set train.steps=500
+    torchrun --nproc_per_node 2 -m lgvq.train --config configs/shapes-vqvae.yaml
+
+Under torchrun every rank trains on its slice of each global batch (data.batch_size per
+rank); gradients are averaged over ranks after backward and the quantizers all-reduce their
+statistics, so all ranks keep identical weights; rank 0 alone logs and checkpoints.
 
 Each step: autoencoder forward → reconstruction + codebook (+ LPIPS + GAN) loss
 (+ LanguageGuidance losses on z_q) → one optimizer step; then, once the discriminator is
@@ -14,12 +19,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from lgvq.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -39,43 +46,77 @@ def seed_everything(seed: int) -> None:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("train.device=cuda but no CUDA device is available")
+    if name == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))  # one GPU per torchrun rank
     return torch.device(name)
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size); joins the torchrun process group (gloo on CPU, NCCL on GPU)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def average_gradients(optimizer: torch.optim.Optimizer, world: int) -> None:
+    """Mean of every parameter's gradient over ranks, in one flat all-reduce.
+
+    A gradient missing on a rank counts as zero there, so every rank calls the collective
+    with the same buffer layout.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+        offset += p.numel()
 
 
 class StepBatches(torch.utils.data.Sampler):
     """Batches of indices addressed by global step: epoch e is a permutation seeded by
-    (seed, e), cut into full batches. Starting at any step reproduces the same order, which
-    is what makes resume exact without saving sampler state."""
+    (seed, e), cut into full global batches of ``batch_size × world``; rank r takes the r-th
+    slice. Starting at any step reproduces the same order, which is what makes resume exact
+    without saving sampler state."""
 
-    def __init__(self, num_items: int, batch_size: int, seed: int, epoch: int, start: int = 0):
-        if num_items < batch_size:
-            raise ValueError(f"the dataset has {num_items} items, fewer than one batch of {batch_size}")
+    def __init__(self, num_items: int, batch_size: int, seed: int, epoch: int, start: int = 0,
+                 rank: int = 0, world: int = 1):
+        if num_items < batch_size * world:
+            raise ValueError(f"the dataset has {num_items} items, fewer than one batch of {batch_size * world}")
         self.num_items, self.batch_size, self.seed, self.epoch, self.start = num_items, batch_size, seed, epoch, start
+        self.rank, self.world = rank, world
 
     @staticmethod
-    def per_epoch(num_items: int, batch_size: int) -> int:
-        return num_items // batch_size
+    def per_epoch(num_items: int, global_batch: int) -> int:
+        return num_items // global_batch
 
     def __iter__(self):
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.num_items, generator=gen).tolist()
         for b in range(self.start, len(self)):
-            yield order[b * self.batch_size:(b + 1) * self.batch_size]
+            first = (b * self.world + self.rank) * self.batch_size
+            yield order[first:first + self.batch_size]
 
     def __len__(self) -> int:
-        return self.per_epoch(self.num_items, self.batch_size)
+        return self.per_epoch(self.num_items, self.batch_size * self.world)
 
 
-def batches_from(dataset, config: ExperimentConfig, step: int):
-    """Yield (images, captions) forever, starting at global ``step``."""
-    per_epoch = StepBatches.per_epoch(len(dataset), config.data.batch_size)
+def batches_from(dataset, config: ExperimentConfig, step: int, rank: int = 0, world: int = 1):
+    """Yield this rank's (images, captions) forever, starting at global ``step``."""
+    per_epoch = StepBatches.per_epoch(len(dataset), config.data.batch_size * world)
     epoch, offset = divmod(step, per_epoch)
     while True:
         dataset.set_epoch(epoch)  # before the loader copies the dataset into its workers
-        sampler = StepBatches(len(dataset), config.data.batch_size, config.train.seed, epoch, offset)
+        sampler = StepBatches(len(dataset), config.data.batch_size, config.train.seed, epoch, offset, rank, world)
         loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=sampler, collate_fn=collate, num_workers=config.data.num_workers,
             generator=torch.Generator().manual_seed(config.train.seed),  # keeps the global RNG untouched
@@ -94,6 +135,7 @@ class Run:
     model: torch.nn.Module
     loss: torch.nn.Module
     guidance: LanguageGuidance | None
+    world: int = 1  # data-parallel ranks
 
     def modules(self) -> dict[str, torch.nn.Module]:
         mods = {"model": self.model, "loss": self.loss}
@@ -127,7 +169,8 @@ def build_run(config: ExperimentConfig) -> Run:
 
 def make_optimizers(run: Run) -> dict[str, torch.optim.Optimizer]:
     optim = run.config.optim
-    lr = optim.base_lr * run.config.data.batch_size if optim.scale_lr else optim.base_lr
+    global_batch = run.config.data.batch_size * run.world  # taming scales by ngpu × batch
+    lr = optim.base_lr * global_batch if optim.scale_lr else optim.base_lr
     params = [p for p in run.model.parameters() if p.requires_grad]
     if run.guidance is not None:
         params += list(run.guidance.parameters())
@@ -155,6 +198,8 @@ def train_step(run: Run, optimizers, images: torch.Tensor, captions: list[str], 
             logs.update({"train/gsa": guided.gsa, "train/mtp": guided.mtp, "train/ras": guided.ras})
     optimizers["ae"].zero_grad(set_to_none=True)
     ae_loss.backward()
+    if run.world > 1:
+        average_gradients(optimizers["ae"], run.world)
     if run.config.optim.grad_clip:
         torch.nn.utils.clip_grad_norm_(
             [p for g in optimizers["ae"].param_groups for p in g["params"]], run.config.optim.grad_clip
@@ -165,6 +210,8 @@ def train_step(run: Run, optimizers, images: torch.Tensor, captions: list[str], 
             d_loss, d_logs = run.loss.discriminator_loss(images, out.x_rec.detach(), step)
         optimizers["disc"].zero_grad(set_to_none=True)
         d_loss.backward()
+        if run.world > 1:
+            average_gradients(optimizers["disc"], run.world)
         optimizers["disc"].step()
         logs.update(d_logs)
     logs.update({"train/perplexity": out.perplexity, "train/usage": out.usage})
@@ -182,13 +229,23 @@ def save_reconstructions(run: Run, images: torch.Tensor, path: Path) -> None:
 
 
 def train(config: ExperimentConfig, resume: bool = False, progress: bool = True) -> Run:
-    """Train ``config`` into ``config.train.out_dir``; returns the trained Run."""
+    """Train ``config`` into ``config.train.out_dir``; returns the trained Run.
+
+    ``resume`` continues from the latest checkpoint. A single-process resume is bit-exact; a
+    resume under torchrun (with any world size) restores weights, optimizer states and the
+    data position, while the ranks' RNG streams restart from rank 0's saved state.
+    """
     out_dir = Path(config.train.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=2))
-    seed_everything(config.train.seed)
-    dataset = load_dataset(**dataset_args(config, config.data.split, config.data.size))
+    rank, world = init_distributed(resolve_device(config.train.device))
+    lead = rank == 0
+    if lead:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=2))
+    seed_everything(config.train.seed)  # identical initial weights on every rank
     run = build_run(config)
+    run.world = world
+    seed_everything(config.train.seed + rank)  # ranks draw different dropout and masks
+    dataset = load_dataset(**dataset_args(config, config.data.split, config.data.size))
     optimizers = make_optimizers(run)
     ckpt_dir = out_dir / "checkpoints"
     step = 0
@@ -198,9 +255,9 @@ def train(config: ExperimentConfig, resume: bool = False, progress: bool = True)
             raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
         step = load_checkpoint(latest, run.modules(), optimizers)["step"]
     preview = torch.stack([dataset[i]["image"] for i in range(min(8, len(dataset)))]).to(run.device)
-    logger = RunLogger(out_dir, tensorboard=config.train.tensorboard)
-    batches = batches_from(dataset, config, step)
-    bar = tqdm(total=config.train.steps, initial=step, disable=not progress, desc=f"train {out_dir.name}",
+    logger = RunLogger(out_dir, tensorboard=config.train.tensorboard, enabled=lead)
+    batches = batches_from(dataset, config, step, rank, run.world)
+    bar = tqdm(total=config.train.steps, initial=step, disable=not (progress and lead), desc=f"train {out_dir.name}",
                dynamic_ncols=True)
     try:
         while step < config.train.steps:
@@ -208,13 +265,17 @@ def train(config: ExperimentConfig, resume: bool = False, progress: bool = True)
             logs = train_step(run, optimizers, images.to(run.device), captions, step)
             step += 1
             bar.update(1)
-            if step % config.train.log_every == 0 or step == config.train.steps:
+            last = step == config.train.steps
+            if lead and (step % config.train.log_every == 0 or last):
                 logger.log(step, logs)
                 bar.set_postfix(nll=f"{logs['nll_loss']:.3f}", ppl=f"{logs['perplexity']:.0f}")
-            if step % config.train.image_every == 0 or step == config.train.steps:
+            if lead and (step % config.train.image_every == 0 or last):
                 save_reconstructions(run, preview, out_dir / "images" / f"step_{step:08d}.png")
-            if step % config.train.ckpt_every == 0 or step == config.train.steps:
-                save_checkpoint(ckpt_dir, step, run.modules(), optimizers, {"config": config_to_dict(config)})
+            if step % config.train.ckpt_every == 0 or last:
+                if lead:
+                    save_checkpoint(ckpt_dir, step, run.modules(), optimizers, {"config": config_to_dict(config)})
+                if run.world > 1:
+                    dist.barrier()  # no rank runs ahead of a checkpoint it might need to resume from
     finally:
         bar.close()
         logger.close()
@@ -234,3 +295,11 @@ def config_with(config: ExperimentConfig, **sections) -> ExperimentConfig:
     """A copy of ``config`` with whole fields of sections replaced: config_with(c, train={"steps": 5})."""
     replaced = {name: dataclasses.replace(getattr(config, name), **fields) for name, fields in sections.items()}
     return dataclasses.replace(config, **replaced)
+
+
+if __name__ == "__main__":  # torchrun --nproc_per_node N -m lgvq.train --config ... [--set ...] [--resume]
+    import sys
+
+    from lgvq.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))
