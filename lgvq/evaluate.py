@@ -54,7 +54,16 @@ def _unit(images: torch.Tensor) -> torch.Tensor:
 
 
 def fid_metric(inception_weights: str, device: torch.device):
-    """torchmetrics FID with torch-fidelity's InceptionV3 loaded from a local weights file."""
+    """torchmetrics FID with torch-fidelity's InceptionV3 loaded from a local weights file
+    (``pt_inception-2015-12-05-6726825d.pth``). torch-fidelity declares torchvision as a
+    dependency but its Inception does not use it: ``pip install --no-deps torch-fidelity``."""
+    from pathlib import Path
+
+    if not Path(inception_weights).is_file():
+        raise FileNotFoundError(
+            f"Inception weights not found: {inception_weights} (download pt_inception-2015-12-05-6726825d.pth "
+            "elsewhere and pass its local path)"
+        )
     try:
         from torchmetrics.image.fid import FrechetInceptionDistance
     except ImportError as err:  # pragma: no cover - depends on optional packages
