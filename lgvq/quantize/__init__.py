@@ -2,6 +2,10 @@
 
 from lgvq.quantize.cvq import ClusteredVectorQuantizer
 from lgvq.quantize.kmeans import kmeans
+from lgvq.quantize.large import ProjectedVectorQuantizer
 from lgvq.quantize.vector_quantizer import QuantizerOutput, VectorQuantizer, perplexity_from_counts
 
-__all__ = ["VectorQuantizer", "ClusteredVectorQuantizer", "QuantizerOutput", "kmeans", "perplexity_from_counts"]
+__all__ = [
+    "VectorQuantizer", "ClusteredVectorQuantizer", "ProjectedVectorQuantizer", "QuantizerOutput", "kmeans",
+    "perplexity_from_counts",
+]

@@ -150,12 +150,13 @@ class VectorQuantizer(nn.Module):
         with torch.no_grad():
             if self.ema:
                 counts, sums = code_counts_and_sums(flat.detach(), idx, self.n_e, backend=self.backend)
-                all_reduce_sum_(counts, sums)
             else:
-                counts = torch.bincount(idx, minlength=self.n_e).float()
-                all_reduce_sum_(counts)
+                counts, sums = torch.bincount(idx, minlength=self.n_e).float(), None
             if self.training:
-                self._training_updates(flat.detach(), counts, sums if self.ema else None)
+                # Only training steps synchronise: ranks take them in lockstep, while evaluation
+                # may run on some ranks only (rank 0, say), where a collective would wait forever.
+                all_reduce_sum_(*(t for t in (counts, sums) if t is not None))
+                self._training_updates(flat.detach(), counts, sums)
             usage = self.codebook_usage()
         return QuantizerOutput(
             z_q=z_q.view(z.shape), indices=idx.view(z.shape[:-1]), loss=loss,
@@ -167,7 +168,7 @@ class VectorQuantizer(nn.Module):
         check_tensor("indices", indices, dtypes=(torch.int64, torch.int32), finite=False)
         if bool((indices < 0).any()) or bool((indices >= self.n_e).any()):
             raise ValueError(f"indices must lie in [0, {self.n_e})")
-        codes = self.embedding(indices.long())
+        codes = self._entries(indices.long())
         if self.metric == "cos":
             codes = F.normalize(codes, dim=-1)
         if shape is not None:
@@ -175,6 +176,10 @@ class VectorQuantizer(nn.Module):
         return codes
 
     # ---- internals ---------------------------------------------------------------------
+
+    def _entries(self, indices: torch.Tensor) -> torch.Tensor:
+        """The codes at ``indices`` (before the cosine normalisation)."""
+        return self.embedding(indices)
 
     def _rewrites_codebook(self) -> bool:
         """Whether training steps write the codebook in place after the forward."""
