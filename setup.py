@@ -20,6 +20,7 @@ setup(
         "tensorboard",
         "pillow",
         "matplotlib",
+        "pycocoevalcap",  # caption metrics of the downstream tasks
     ],
     extras_require={
         "test": ["pytest", "pytest-xdist"],

@@ -1,0 +1,428 @@
+"""Train and evaluate every downstream task for one frozen VQ model under a fixed budget.
+
+    data = prepare_task_data(train_set, test_set, text_encoder, budget, seed)   # once
+    plain = run_all_tasks(vq_model, train_set, test_set, text_encoder, budget, seed, data=data)
+    guided = run_all_tasks(lg_model, train_set, test_set, text_encoder, budget, seed, data=data)
+
+Everything that does not depend on the VQ model (text features, VQA questions, the attribute
+classifier and its features of the real test images) lives in ``TaskData``: sharing it
+between models saves time and guarantees both are scored by the same classifier. With the
+same budget and seed, two models differ only in their codes and codebook.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch.utils.data import Subset
+
+from lgvq.checks import check_positive
+from lgvq.tasks.autoregressive import Sampling
+from lgvq.tasks.captioning import Captioner
+from lgvq.tasks.codes import (
+    CodeDataset,
+    code_grid,
+    decode_codes,
+    encode_dataset,
+    model_device,
+)
+from lgvq.tasks.completion import complete
+from lgvq.tasks.evaluation import (
+    AttributeClassifier,
+    caption_metrics,
+    frechet_distance,
+    java_available,
+    presence_recall,
+    psnr,
+    scene_labels,
+    train_attribute_classifier,
+)
+from lgvq.tasks.layers import TransformerSize
+from lgvq.tasks.text_features import TextFeatures, encode_texts
+from lgvq.tasks.text_to_image import TextToImage
+from lgvq.tasks.training import TrainSettings
+from lgvq.tasks.unconditional import UnconditionalGenerator
+from lgvq.tasks.vqa import QuestionAnswerer, VQAExamples, vqa_examples
+
+
+@dataclass(frozen=True)
+class TaskBudget:
+    """The fixed compute every task gets, identical for every VQ model compared.
+
+    Defaults run all tasks for one tiny (32x32, 8x8 codes) VQ model in about two minutes on
+    2 CPU cores, shared preparation included.
+    """
+
+    steps: int = 300  # optimisation steps per task network
+    batch_size: int = 32
+    lr: float = 3e-3
+    width: int = 64
+    depth: int = 2
+    heads: int = 4
+    train_items: int = 1000  # first items of train_set encoded and trained on
+    eval_items: int = 128  # first items of test_set generated / captioned / completed / asked
+    questions_per_image: int = 4
+    classifier_steps: int = 400
+    classifier_batch_size: int = 32
+    temperature: float = 1.0
+    top_k: int | None = 32
+    top_p: float | None = None
+    beam_size: int = 3
+    meteor: bool = True  # used only when Java is on PATH
+    # torch intra-op threads while tasks run (None: leave torch's setting). These networks
+    # are small: on 2 shared CPU cores one thread ran all tasks 4x faster than two, whose
+    # per-op synchronisation stalls whenever the other core is busy.
+    threads: int | None = 1
+
+    def __post_init__(self):
+        counts = (
+            "steps",
+            "batch_size",
+            "width",
+            "depth",
+            "heads",
+            "train_items",
+            "questions_per_image",
+            "classifier_steps",
+            "classifier_batch_size",
+            "beam_size",
+        )
+        for name in counts:
+            check_positive(name, getattr(self, name))
+        check_positive("lr", self.lr)
+        if self.threads is not None:
+            check_positive("threads", self.threads)
+        if self.eval_items < 2:
+            raise ValueError(
+                "eval_items must be >= 2 (a Fréchet distance needs a covariance), "
+                f"got {self.eval_items}"
+            )
+        # build the derived settings now, so a bad width/heads or top_p fails before any training
+        self.size, self.sampling  # noqa: B018
+
+    @property
+    def size(self) -> TransformerSize:
+        return TransformerSize(self.width, self.depth, self.heads)
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(self.temperature, self.top_k, self.top_p)
+
+    def train_settings(self, seed: int) -> TrainSettings:
+        return TrainSettings(steps=self.steps, batch_size=self.batch_size, lr=self.lr, seed=seed)
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """Everything the tasks need that does not depend on the VQ model."""
+
+    train_set: object
+    test_set: object
+    train_items: torch.Tensor  # (N,) train_set indices the tasks train on
+    eval_items: torch.Tensor  # (M,) test_set indices they are evaluated on
+    train_captions: TextFeatures  # word features of train_set[i]["caption"], i in train_items
+    vqa_train: VQAExamples
+    vqa_test: VQAExamples
+    classifier: AttributeClassifier
+    eval_images: torch.Tensor  # (M, 3, S, S) real test images
+    eval_labels: torch.Tensor  # (M, attributes) bool ground truth
+    eval_features: torch.Tensor  # (M, F) classifier features of the real test images
+    real_recall: dict[str, float]  # the classifier's own recall on the real test images
+
+
+def check_ground_truth_dataset(name: str, dataset) -> None:
+    for method in ("scene", "vqa", "captions"):
+        if not callable(getattr(dataset, method, None)):
+            raise TypeError(
+                f"{name} must be a dataset with ground truth ({method}(index)), such as ShapesDataset; "
+                f"got {type(dataset).__name__}"
+            )
+    if len(dataset) == 0:
+        raise ValueError(f"{name} is empty")
+
+
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with ``count`` intra-op threads, then restore the previous setting."""
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def first_items(dataset, count: int) -> torch.Tensor:
+    return torch.arange(min(len(dataset), count))
+
+
+def prepare_task_data(
+    train_set,
+    test_set,
+    text_encoder,
+    budget: TaskBudget = TaskBudget(),
+    seed: int = 0,
+    *,
+    device: torch.device | str = "cpu",
+) -> TaskData:
+    """Encode the texts, draw the VQA questions and train the attribute classifier, once."""
+    with torch_threads(check_budget(budget).threads):
+        return _prepare(train_set, test_set, text_encoder, budget, seed, device)
+
+
+def _prepare(train_set, test_set, text_encoder, budget: TaskBudget, seed: int, device) -> TaskData:
+    check_ground_truth_dataset("train_set", train_set)
+    check_ground_truth_dataset("test_set", test_set)
+    train_items = first_items(train_set, budget.train_items)
+    eval_items = first_items(test_set, budget.eval_items)
+    if len(eval_items) < 2:
+        raise ValueError("test_set needs at least 2 items (a Fréchet distance needs a covariance)")
+    captions = [train_set[i]["caption"] for i in train_items.tolist()]
+    questions = dict(questions_per_image=budget.questions_per_image, seed=seed)
+    classifier = train_attribute_classifier(
+        train_set,
+        TrainSettings(
+            steps=budget.classifier_steps,
+            batch_size=budget.classifier_batch_size,
+            lr=3e-3,
+            seed=seed,
+        ),
+        device=device,
+    )
+    eval_images = torch.stack([test_set[i]["image"] for i in eval_items.tolist()])
+    eval_labels = scene_labels(test_set, eval_items)
+    eval_features, predicted = classifier.embed(eval_images)
+    return TaskData(
+        train_set=train_set,
+        test_set=test_set,
+        train_items=train_items,
+        eval_items=eval_items,
+        train_captions=encode_texts(text_encoder, captions, name="train captions"),
+        vqa_train=vqa_examples(train_set, train_items, text_encoder, **questions),
+        vqa_test=vqa_examples(test_set, eval_items, text_encoder, **questions),
+        classifier=classifier,
+        eval_images=eval_images,
+        eval_labels=eval_labels,
+        eval_features=eval_features,
+        real_recall=presence_recall(predicted, eval_labels),
+    )
+
+
+class TaskRun:
+    """One VQ model's codes of the task data, and the networks several tasks share."""
+
+    def __init__(self, model, text_encoder, data: TaskData, budget: TaskBudget, seed: int):
+        self.model = model
+        self.text_encoder = text_encoder
+        self.data = data
+        self.budget = budget
+        self.seed = seed
+        self.train_codes = encode_dataset(model, Subset(data.train_set, data.train_items.tolist()))
+        self.eval_codes = encode_dataset(model, Subset(data.test_set, data.eval_items.tolist()))
+
+    @property
+    def settings(self) -> TrainSettings:
+        return self.budget.train_settings(self.seed)
+
+    def seeded(self) -> None:
+        """Seed parameter initialisation, so every model's task networks start alike."""
+        torch.manual_seed(self.seed)
+
+    @cached_property
+    def unconditional(self) -> tuple[UnconditionalGenerator, list[float]]:
+        """Trained once per run: unconditional generation and completion both use it."""
+        self.seeded()
+        generator = UnconditionalGenerator.build(self.model, self.budget.size)
+        return generator, generator.fit(self.train_codes, self.settings)
+
+    def image_scores(self, indices: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Decoded images, their attribute recall against the test scenes and their Fréchet
+        distance to the real test images."""
+        images = decode_codes(self.model, indices)
+        features, predicted = self.data.classifier.embed(images)
+        scores = presence_recall(predicted, self.data.eval_labels)
+        scores["attribute_frechet_distance"] = frechet_distance(features, self.data.eval_features)
+        return images, scores
+
+    @property
+    def given_rows(self) -> int:
+        """Code rows that completion keeps: the upper half."""
+        return code_grid(self.model)[0] // 2
+
+    def lower_psnr(self, images: torch.Tensor) -> float:
+        """PSNR to the real test images over the pixel rows that completion generates."""
+        pixels_per_code_row = images.shape[2] // code_grid(self.model)[0]
+        return psnr(images, self.data.eval_images, from_row=self.given_rows * pixels_per_code_row)
+
+
+def final_loss(losses: list[float], fraction: float = 0.1) -> float:
+    """Mean of the last ``fraction`` of a loss curve: a less noisy final training loss."""
+    tail = losses[-max(1, math.ceil(fraction * len(losses))) :]
+    return sum(tail) / len(tail)
+
+
+@torch.no_grad()
+def _nll(transformer, codes: CodeDataset, condition: TextFeatures | None = None) -> float:
+    device = transformer.head.weight.device
+    return float(
+        transformer.loss(
+            codes.indices.to(device), None if condition is None else condition.to(device)
+        )
+    )
+
+
+def reconstruction_task(run: TaskRun) -> dict[str, float]:
+    """The ceiling the VQ decoder allows: scores of the test images' own codes, decoded."""
+    images, scores = run.image_scores(run.eval_codes.indices)
+    return {
+        **scores,
+        "psnr": psnr(images, run.data.eval_images),
+        "psnr_lower": run.lower_psnr(images),
+        **{f"real_{name}": value for name, value in run.data.real_recall.items()},
+    }
+
+
+def text_to_image_task(run: TaskRun) -> dict[str, float]:
+    run.seeded()
+    t2i = TextToImage.build(run.model, run.text_encoder, run.budget.size)
+    losses = t2i.fit(run.train_codes, run.settings, captions=run.data.train_captions)
+    prompts = run.eval_codes.captions
+    indices = t2i.generate(prompts, sampling=run.budget.sampling, seed=run.seed)
+    _, scores = run.image_scores(indices)
+    test_nll = _nll(t2i.transformer, run.eval_codes, t2i.encode_prompts(prompts))
+    return {"train_loss": final_loss(losses), "test_nll": test_nll, **scores}
+
+
+def unconditional_task(run: TaskRun) -> dict[str, float]:
+    """Its attribute recall, scored against the test scenes it was never told about, is the
+    chance level that text-to-image recall should beat."""
+    generator, losses = run.unconditional
+    indices = generator.generate(len(run.eval_codes), sampling=run.budget.sampling, seed=run.seed)
+    _, scores = run.image_scores(indices)
+    return {
+        "train_loss": final_loss(losses),
+        "test_nll": _nll(generator.transformer, run.eval_codes),
+        **scores,
+    }
+
+
+def completion_task(run: TaskRun) -> dict[str, float]:
+    """The lower half of each test image's codes, sampled given the upper half."""
+    generator, _ = run.unconditional
+    indices = complete(
+        generator.transformer,
+        run.eval_codes.indices,
+        given_rows=run.given_rows,
+        sampling=run.budget.sampling,
+        seed=run.seed,
+    )
+    images, scores = run.image_scores(indices)
+    return {**scores, "psnr_lower": run.lower_psnr(images)}
+
+
+def captioning_task(run: TaskRun) -> dict[str, float]:
+    run.seeded()
+    captioner = Captioner.build(
+        run.model, run.text_encoder, run.train_codes.captions, run.budget.size
+    )
+    losses = captioner.fit(run.train_codes, run.settings)
+    candidates = captioner.generate(run.eval_codes.indices, beam_size=run.budget.beam_size)
+    references = [list(run.data.test_set.captions(i)) for i in run.data.eval_items.tolist()]
+    meteor = run.budget.meteor and java_available()
+    return {
+        "train_loss": final_loss(losses),
+        **caption_metrics(candidates, references, meteor=meteor),
+    }
+
+
+def vqa_task(run: TaskRun) -> dict[str, float]:
+    run.seeded()
+    answerer = QuestionAnswerer.build(run.model, run.text_encoder, run.budget.size)
+    losses = answerer.fit(run.train_codes, run.data.vqa_train, run.settings)
+    predicted = answerer.predict(run.eval_codes, run.data.vqa_test)
+    answers = run.data.vqa_test.answers
+    majority = torch.bincount(run.data.vqa_train.answers).argmax()
+    return {
+        "train_loss": final_loss(losses),
+        "accuracy": float((predicted == answers).float().mean()),
+        "majority_baseline": float((answers == majority).float().mean()),
+    }
+
+
+TASKS: dict[str, Callable[[TaskRun], dict[str, float]]] = {
+    "reconstruction": reconstruction_task,
+    "text-to-image": text_to_image_task,
+    "unconditional": unconditional_task,
+    "completion": completion_task,
+    "captioning": captioning_task,
+    "vqa": vqa_task,
+}
+
+
+def task_names() -> list[str]:
+    return list(TASKS)
+
+
+def _timed(task: Callable[[TaskRun], dict[str, float]], run: TaskRun) -> dict[str, float]:
+    start = time.perf_counter()
+    metrics = task(run)
+    return {**metrics, "seconds": time.perf_counter() - start}
+
+
+def check_budget(budget) -> TaskBudget:
+    if not isinstance(budget, TaskBudget):
+        raise TypeError(f"budget must be a TaskBudget, got {type(budget).__name__}")
+    return budget
+
+
+def _start_run(model, train_set, test_set, text_encoder, budget, seed, data) -> TaskRun:
+    if data is None:
+        data = prepare_task_data(
+            train_set, test_set, text_encoder, budget, seed, device=model_device(model)
+        )
+    elif data.train_set is not train_set or data.test_set is not test_set:
+        raise ValueError("data was prepared for other datasets than train_set / test_set")
+    return TaskRun(model, text_encoder, data, budget, seed)
+
+
+def run_task(
+    name: str,
+    model,
+    train_set,
+    test_set,
+    text_encoder,
+    budget: TaskBudget = TaskBudget(),
+    seed: int = 0,
+    *,
+    data: TaskData | None = None,
+) -> dict[str, float]:
+    """Train and evaluate one task (see ``task_names()``) on ``model``'s frozen codes."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; valid names: {', '.join(TASKS)}")
+    with torch_threads(check_budget(budget).threads):
+        run = _start_run(model, train_set, test_set, text_encoder, budget, seed, data)
+        return _timed(TASKS[name], run)
+
+
+def run_all_tasks(
+    model,
+    train_set,
+    test_set,
+    text_encoder,
+    budget: TaskBudget = TaskBudget(),
+    seed: int = 0,
+    *,
+    data: TaskData | None = None,
+) -> dict[str, dict[str, float]]:
+    """{task name: {metric: value}} for every task, trained with the same budget and seed.
+    Pass ``data`` (``prepare_task_data``) to share the model-independent work between models."""
+    with torch_threads(check_budget(budget).threads):
+        run = _start_run(model, train_set, test_set, text_encoder, budget, seed, data)
+        return {name: _timed(task, run) for name, task in TASKS.items()}
