@@ -6,7 +6,7 @@
     lgvq encode RUN_DIR IMAGE... --out codes.pt
     lgvq decode RUN_DIR codes.pt --out DIR
     lgvq reconstruct RUN_DIR IMAGE... --out DIR
-    lgvq task NAME RUN_DIR [--steps N]
+    lgvq task NAME RUN_DIR [--steps N]        # NAME: text-to-image, captioning, vqa, completion, ...
 
 Every failure the user can fix (missing file, bad key, bad value) ends with one line on
 stderr and exit status 2, not a traceback.
@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
 
     p = sub.add_parser("task", help="a downstream task on a trained model's frozen codes")
-    p.add_argument("name", help="text_to_image | captioning | vqa | completion | unconditional")
+    p.add_argument("name", help="text-to-image | unconditional | completion | captioning | vqa | reconstruction")
     _add_run_args(p)
     p.add_argument("--steps", type=int, default=None, help="training steps of the task model")
     p.add_argument("--seed", type=int, default=0)
@@ -166,9 +166,20 @@ def cmd_reconstruct(args) -> None:
 
 
 def cmd_task(args) -> None:
-    from lgvq.tasks import run_task
+    import dataclasses
 
-    metrics = run_task(args.name, args.run, steps=args.steps, seed=args.seed, device=args.device)
+    from lgvq.data import load_dataset
+    from lgvq.runs import load_run
+    from lgvq.tasks import TaskBudget, run_task
+    from lgvq.text import load_text_encoder
+    from lgvq.train import dataset_args
+
+    run = load_run(args.run, args.device)
+    budget = TaskBudget() if args.steps is None else dataclasses.replace(TaskBudget(), steps=args.steps)
+    train_set = load_dataset(**dataset_args(run.config, run.config.data.split, run.config.data.size))
+    test_set = load_dataset(**dataset_args(run.config, run.config.data.eval_split, run.config.data.eval_size))
+    encoder = run.guidance.text_encoder if run.guidance is not None else load_text_encoder()
+    metrics = run_task(args.name, run.model, train_set, test_set, encoder, budget, args.seed)
     for key, value in metrics.items():
         print(f"{key:>24}: {value:.4f}")
 

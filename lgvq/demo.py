@@ -28,8 +28,8 @@ from lgvq.guidance import LanguageGuidance
 from lgvq.visualize import save_image_grid, save_similarity_heatmaps, save_training_curves, save_usage_histogram
 
 #: The demo's budget, sized for about 10 minutes on 2 CPU cores (README: "Demo budget").
-DEFAULT_STEPS = 600
-PROBE_STEPS = 150
+DEFAULT_STEPS = 400
+PROBE_STEPS = 80
 EVAL_SIZE = 256
 #: The two runs are the repository's shapes configs; the demo only shortens them.
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -162,13 +162,16 @@ def run_demo(out: Path, steps: int | None = None, seed: int = 0, tasks: bool = F
 
 
 def _run_tasks(reports: list[ModelReport], seed: int, progress: bool) -> str:
-    from lgvq.tasks import TaskBudget, run_all_tasks
+    """Every downstream task on each frozen codebook, same budget, seed and shared scorers."""
+    from lgvq.tasks import TaskBudget, prepare_task_data, run_all_tasks
 
     config = reports[0].run.config
-    train_set = load_dataset(**dataset_args(config, config.data.split, 1024))
-    test_set = load_dataset(**dataset_args(config, "test", 256))
+    budget = TaskBudget()
+    train_set = load_dataset(**dataset_args(config, config.data.split, config.data.size))
+    test_set = load_dataset(**dataset_args(config, "test", budget.eval_items))
+    data = prepare_task_data(train_set, test_set, _text_encoder(), budget, seed)
     results = {
-        r.label: run_all_tasks(r.run.model, train_set, test_set, _text_encoder(), TaskBudget(), seed)
+        r.label: run_all_tasks(r.run.model, train_set, test_set, _text_encoder(), budget, seed, data=data)
         for r in reports
     }
     rows = sorted({(task, metric) for res in results.values() for task, ms in res.items() for metric in ms})

@@ -75,3 +75,10 @@ def test_bad_image_and_codes_fail_clearly(run_dir, tmp_path, capsys):
     torch.save({"indices": torch.full((1, 8, 8), 9999)}, codes)
     assert main(["decode", str(run_dir), str(codes), "--out", str(tmp_path / "d")]) == 2
     assert "must lie in [0, 256)" in capsys.readouterr().err
+
+
+def test_task_runs_on_a_trained_model(run_dir, capsys):
+    assert main(["task", "vqa", str(run_dir), "--steps", "2"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    assert main(["task", "painting", str(run_dir)]) == 2
+    assert "unknown task 'painting'" in capsys.readouterr().err
