@@ -146,6 +146,8 @@ def fit_alignment_probe(
     The VQ model is not updated: what the probe reaches measures how well language can be
     aligned with the model's codebook, the same way for models trained with or without it.
     """
+    if len(dataset) == 0:
+        raise ValueError("fit_alignment_probe needs a non-empty dataset")
     device = torch.device(device)
     torch.manual_seed(seed)
     probe = LanguageGuidance(
@@ -155,6 +157,7 @@ def fit_alignment_probe(
     opt = torch.optim.Adam(probe.parameters(), lr=lr)
     model.eval()
     gen = torch.Generator().manual_seed(seed)
+    batch_size = min(batch_size, len(dataset))  # a full batch every step, however small the set
     done = 0
     bar = tqdm(total=steps, desc="alignment probe", disable=not progress, leave=False)
     while done < steps:
