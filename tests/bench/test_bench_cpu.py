@@ -1,0 +1,72 @@
+"""Quick checks of the benchmark harness and a pytest-benchmark entry for the CPU search.
+
+These run in the default suite because they are small (a few seconds on 2 cores); they
+assert nothing about speed. Full benchmarks: ``python -m bench.nearest`` / ``bench.quantize``.
+"""
+
+import sys
+
+import pytest
+import torch
+
+from bench.common import Row, format_table, measure, peak_extra_memory
+from lgvq.ops.nearest import nearest_code
+from lgvq.ops.quantize import vector_quantize
+
+CPU = torch.device("cpu")
+
+try:
+    import pytest_benchmark  # noqa: F401
+except ImportError:  # the plugin is in the "bench" extra, not the "test" one
+
+    @pytest.fixture
+    def benchmark():
+        pytest.skip("pytest-benchmark not installed")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak memory on CPU reads /proc")
+def test_cpu_peak_memory_sees_a_fresh_allocation():
+    mib = peak_extra_memory(lambda: torch.ones(16 * 2**20), CPU) / 2**20  # 64 MiB
+    assert 60 <= mib <= 200
+
+
+def test_measure_and_table_ratios():
+    rows = [measure("eager", lambda: torch.ones(1000).sum(), CPU, flops=1e3, warmup=1, repeats=3),
+            Row("slow twin", None, None, note="out of memory")]
+    table = format_table("t", rows, also=("eager",))
+    assert "| eager |" in table and "1.00×" in table and "out of memory" in table
+
+
+def test_nearest_bench_runs_small_shape():
+    from bench.nearest import run_shape
+
+    table = run_shape(256, 512, 16, torch.float32, CPU, repeats=3, budget_s=1.0, compile_timeout=1.0,
+                      providers={"eager", "torch", "triton", "faiss", "matmul"})
+    assert "lgvq torch" in table and "WRONG" not in table
+
+
+def test_quantize_bench_runs_small_shape():
+    from bench.quantize import run_shape
+
+    table = run_shape(256, 512, 16, torch.float32, CPU, repeats=3, budget_s=1.0, compile_timeout=1.0,
+                      providers={"eager", "torch", "vqp"}, check_grads=True)
+    assert "lgvq torch" in table and "WRONG" not in table
+
+
+def test_benchmark_nearest_code_torch_cpu(benchmark):
+    x, codebook = torch.randn(2048, 64), torch.randn(512, 64)
+    idx, _ = benchmark.pedantic(nearest_code, args=(x, codebook), kwargs={"backend": "torch"}, rounds=5,
+                                warmup_rounds=1)
+    assert idx.shape == (2048,)
+
+
+def test_benchmark_vector_quantize_torch_cpu_fwd_bwd(benchmark):
+    z = torch.randn(2048, 64, requires_grad=True)
+    codebook = torch.randn(512, 64, requires_grad=True)
+
+    def step():
+        z_q, _, loss = vector_quantize(z, codebook, 0.25, backend="torch")
+        (z_q.sum() + loss).backward()
+
+    benchmark.pedantic(step, rounds=5, warmup_rounds=1)
+    assert z.grad is not None and codebook.grad is not None
