@@ -318,3 +318,58 @@ def write_results(name: str, device: torch.device, tables: list[str], notes: lis
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def shape_bench_main(name: str, description: str, run_shape, shape_sets: dict, provider_names: str,
+                     argv: list[str] | None = None) -> list[str]:
+    """The command line shared by the (N, K, d)-shaped benchmarks (bench.nearest, bench.quantize).
+
+    ``shape_sets`` maps "quick" / "cpu" / "cuda" to lists of (N, K, d); ``run_shape(n, k, d,
+    dtype, device, first=..., repeats=..., budget_s=..., compile_timeout=..., providers=...)``
+    returns one markdown table (``first`` is True for the first shape only).
+    """
+    import argparse
+
+    dtypes_by_name = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--quick", action="store_true", help="one small shape, few repeats, no results file")
+    p.add_argument("--n", type=int, help="rows (vectors to quantize)")
+    p.add_argument("--k", type=int, help="codebook size")
+    p.add_argument("--d", type=int, help="code dimension")
+    p.add_argument("--dtype", choices=[*dtypes_by_name, "all"], default=None,
+                   help="default: fp32 on CPU, fp32 and bf16 on CUDA")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5, quick 3)")
+    p.add_argument("--budget", type=float, default=20.0, help="seconds of timed repeats per slow provider")
+    p.add_argument("--compile-timeout", type=float, default=300.0, help="seconds allowed for torch.compile")
+    p.add_argument("--providers", default=None, help=f"comma list of {provider_names} (default: all)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--write", action="store_true", help="append to bench/results even with --quick")
+    args = p.parse_args(argv)
+
+    device = torch.device(args.device) if args.device else default_device()
+    if device.type == "cpu":
+        set_cpu_threads(args.threads)
+    defaults = shape_sets["quick" if args.quick else device.type]
+    shapes = defaults
+    if args.n or args.k or args.d:
+        shapes = [(args.n or defaults[0][0], args.k or defaults[0][1], args.d or defaults[0][2])]
+    if args.dtype == "all":
+        dtypes = list(dtypes_by_name.values())
+    elif args.dtype:
+        dtypes = [dtypes_by_name[args.dtype]]
+    else:
+        dtypes = [torch.float32] if device.type == "cpu" else [torch.float32, torch.bfloat16]
+    options = dict(repeats=args.repeats or (3 if args.quick else 5), budget_s=args.budget,
+                   compile_timeout=args.compile_timeout,
+                   providers=set(args.providers.split(",")) if args.providers else None)
+    tables = []
+    for i, (n, k, d) in enumerate(shapes):
+        for dtype in dtypes:
+            print(f"N={n} K={k} d={d} {dtype}", flush=True)
+            tables.append(run_shape(n, k, d, dtype, device, first=i == 0, **options))
+    if args.quick and not args.write:
+        print("\n\n".join(tables))
+    else:
+        write_results(name, device, tables)
+    return tables

@@ -23,7 +23,6 @@ against exact fp64 distances on a row sample; a wrong answer is flagged in the n
 
 from __future__ import annotations
 
-import argparse
 import signal
 import time
 
@@ -32,16 +31,13 @@ import torch
 from bench.common import (
     Case,
     Row,
-    default_device,
     format_table,
     measure_many,
-    set_cpu_threads,
+    shape_bench_main,
     skipped,
-    write_results,
 )
 from lgvq.ops.nearest import nearest_code
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_SHAPES = [(16384, 16384, 64), (16384, 65536, 64)]
 CUDA_SHAPES = [(65536, 16384, 256), (65536, 262144, 256)]
 QUICK_SHAPES = [(2048, 2048, 64)]
@@ -199,51 +195,11 @@ def run_shape(n: int, k: int, d: int, dtype: torch.dtype, device: torch.device, 
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-    p.add_argument("--quick", action="store_true", help="one small shape, few repeats, no results file")
-    p.add_argument("--n", type=int, help="rows (vectors to quantize)")
-    p.add_argument("--k", type=int, help="codebook size")
-    p.add_argument("--d", type=int, help="code dimension")
-    p.add_argument("--dtype", choices=[*DTYPES, "all"], default=None,
-                   help="default: fp32 on CPU, fp32 and bf16 on CUDA")
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5, quick 3)")
-    p.add_argument("--budget", type=float, default=20.0, help="seconds of timed repeats per slow provider")
-    p.add_argument("--compile-timeout", type=float, default=300.0, help="seconds allowed for torch.compile")
-    p.add_argument("--providers", default=None,
-                   help="comma list of eager,compile,torch,triton,vqp,faiss,matmul (default: all)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--write", action="store_true", help="append to bench/results even with --quick")
-    args = p.parse_args(argv)
+    def shape(n, k, d, dtype, device, *, first, **options):
+        return run_shape(n, k, d, dtype, device, **options)
 
-    device = torch.device(args.device) if args.device else default_device()
-    if device.type == "cpu":
-        set_cpu_threads(args.threads)
-    if args.n or args.k or args.d:
-        base = (QUICK_SHAPES if args.quick else CPU_SHAPES if device.type == "cpu" else CUDA_SHAPES)[0]
-        shapes = [(args.n or base[0], args.k or base[1], args.d or base[2])]
-    else:
-        shapes = QUICK_SHAPES if args.quick else CPU_SHAPES if device.type == "cpu" else CUDA_SHAPES
-    if args.dtype == "all":
-        dtypes = list(DTYPES.values())
-    elif args.dtype:
-        dtypes = [DTYPES[args.dtype]]
-    else:
-        dtypes = [torch.float32] if device.type == "cpu" else [torch.float32, torch.bfloat16]
-    repeats = args.repeats or (3 if args.quick else 5)
-    providers = set(args.providers.split(",")) if args.providers else None
-
-    tables = []
-    for n, k, d in shapes:
-        for dtype in dtypes:
-            print(f"N={n} K={k} d={d} {dtype}", flush=True)
-            tables.append(run_shape(n, k, d, dtype, device, repeats=repeats, budget_s=args.budget,
-                                    compile_timeout=args.compile_timeout, providers=providers))
-    if args.quick and not args.write:
-        print("\n\n".join(tables))
-    else:
-        write_results("nearest", device, tables)
-    return tables
+    return shape_bench_main("nearest", __doc__.split("\n")[0], shape,
+                            {"quick": QUICK_SHAPES, "cpu": CPU_SHAPES, "cuda": CUDA_SHAPES}, "eager,compile,torch,triton,vqp,faiss,matmul", argv)
 
 
 if __name__ == "__main__":
