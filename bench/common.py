@@ -360,9 +360,12 @@ def shape_bench_main(name: str, description: str, run_shape, shape_sets: dict, p
         dtypes = [dtypes_by_name[args.dtype]]
     else:
         dtypes = [torch.float32] if device.type == "cpu" else [torch.float32, torch.bfloat16]
-    options = dict(repeats=args.repeats or (3 if args.quick else 5), budget_s=args.budget,
-                   compile_timeout=args.compile_timeout,
-                   providers=set(args.providers.split(",")) if args.providers else None)
+    options = {
+        "repeats": args.repeats or (3 if args.quick else 5),
+        "budget_s": args.budget,
+        "compile_timeout": args.compile_timeout,
+        "providers": set(args.providers.split(",")) if args.providers else None,
+    }
     tables = []
     for i, (n, k, d) in enumerate(shapes):
         for dtype in dtypes:

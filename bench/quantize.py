@@ -20,11 +20,11 @@ Providers (all measured in one process):
 
 Throughput counts 2·N·K·d FLOP (the search) for every provider. Indices are checked
 against exact fp64 distances on a row sample, and the taming-convention providers'
-gradients against eager's on the first shape.
+gradients against eager's on the first fp32 shape (in bf16 eager's own rounding picks
+other codes on near-ties, so gradients are not comparable there).
 """
 
 from __future__ import annotations
-
 
 import torch
 
@@ -179,7 +179,8 @@ def run_shape(n: int, k: int, d: int, dtype: torch.dtype, device: torch.device, 
 
 def main(argv: list[str] | None = None) -> list[str]:
     def shape(n, k, d, dtype, device, *, first, **options):
-        return run_shape(n, k, d, dtype, device, check_grads=first, **options)  # gradients checked once
+        # gradients checked once, in fp32 (in bf16 eager's rounding picks other codes on near-ties)
+        return run_shape(n, k, d, dtype, device, check_grads=first and dtype == torch.float32, **options)
 
     return shape_bench_main("quantize", __doc__.split("\n")[0], shape,
                             {"quick": QUICK_SHAPES, "cpu": CPU_SHAPES, "cuda": CUDA_SHAPES}, "eager,compile,torch,triton,vqp", argv)

@@ -180,3 +180,16 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(backend_mod, "INTERPRET", False)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         nearest_code(torch.randn(4, 3), torch.randn(5, 3), backend="triton")
+
+
+def test_torch_search_tiles_and_ties_match_dense_argmin():
+    """Integer inputs make many exact ties across code runs and tiles: the tiled two-step
+    argmin must pick exactly what a dense argmin picks (the lowest index)."""
+    from lgvq.ops.nearest import search_torch
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(-2, 3, (500, 4), generator=gen).float()
+    codebook = torch.randint(-2, 3, (4096, 4), generator=gen).float()
+    offsets = codebook.pow(2).sum(1)
+    _, idx = search_torch(x, codebook, offsets)
+    assert torch.equal(idx, (offsets - 2 * x @ codebook.t()).argmin(1))
