@@ -320,6 +320,15 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def bench_device(name: str | None, threads: int | None) -> torch.device:
+    """The device a benchmark runs on (CUDA when available unless named); on CPU it also
+    fixes the thread count, which every CPU timing depends on."""
+    device = torch.device(name) if name else default_device()
+    if device.type == "cpu":
+        set_cpu_threads(threads)
+    return device
+
+
 def shape_bench_main(name: str, description: str, run_shape, shape_sets: dict, provider_names: str,
                      argv: list[str] | None = None) -> list[str]:
     """The command line shared by the (N, K, d)-shaped benchmarks (bench.nearest, bench.quantize).
@@ -347,9 +356,7 @@ def shape_bench_main(name: str, description: str, run_shape, shape_sets: dict, p
     p.add_argument("--write", action="store_true", help="append to bench/results even with --quick")
     args = p.parse_args(argv)
 
-    device = torch.device(args.device) if args.device else default_device()
-    if device.type == "cpu":
-        set_cpu_threads(args.threads)
+    device = bench_device(args.device, args.threads)
     defaults = shape_sets["quick" if args.quick else device.type]
     shapes = defaults
     if args.n or args.k or args.d:

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import (
-    Case, Row, default_device, format_table, measure_many, set_cpu_threads, skipped, write_results,
+    Case, Row, bench_device, format_table, measure_many, skipped, write_results,
 )
 from bench.nearest import check_optimal
 from bench.quantize import BETA, eager_quantize, lgvq_quantize, make_step, vqp_forward
@@ -314,9 +314,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     p.add_argument("--write", action="store_true", help="append to bench/results even with --quick")
     args = p.parse_args(argv)
 
-    device = torch.device(args.device) if args.device else default_device()
-    if device.type == "cpu":
-        set_cpu_threads(args.threads)
+    device = bench_device(args.device, args.threads)
     plan = PLANS["quick" if args.quick else device.type]
     n = args.n or plan.n
     repeats = args.repeats or (3 if args.quick else 5)

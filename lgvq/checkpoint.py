@@ -1,6 +1,6 @@
 """Checkpoints that lose nothing: written atomically, resumed exactly.
 
-A checkpoint is a folder ``step_XXXXXXXX/`` holding ``model.safetensors`` (every trained
+A checkpoint is a folder ``step_<step, 8 digits>/`` holding ``model.safetensors`` (every trained
 module's weights, prefixed by its name) and ``state.pt`` (optimizer states, step, RNG
 states, config). It is written to a temporary folder and renamed into place, so a crash
 mid-write leaves the previous checkpoint untouched; ``latest`` is a small text file
