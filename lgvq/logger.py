@@ -8,7 +8,11 @@ from pathlib import Path
 
 
 class RunLogger:
-    def __init__(self, out_dir: str | Path, tensorboard: bool = True, enabled: bool = True):
+    """Appends to ``out_dir/metrics.jsonl``, which first keeps only the records up to
+    ``start_step``: a fresh run (0) starts an empty log, and a resume drops what was logged
+    after its checkpoint, so no step appears twice."""
+
+    def __init__(self, out_dir: str | Path, tensorboard: bool = True, enabled: bool = True, start_step: int = 0):
         self.enabled = enabled  # False on non-zero ranks: only rank 0 writes
         self.out_dir = Path(out_dir)
         self.writer = None
@@ -16,6 +20,7 @@ class RunLogger:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.out_dir / "metrics.jsonl"
+        self._truncate_after(start_step)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -30,6 +35,12 @@ class RunLogger:
         if self.writer is not None:
             for key, value in clean.items():
                 self.writer.add_scalar(f"{prefix}/{key}", value, step)
+
+    def _truncate_after(self, step: int) -> None:
+        kept = [r for r in read_log(self.path) if r["step"] <= step] if self.path.exists() else []
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        tmp.replace(self.path)
 
     def close(self) -> None:
         if self.writer is not None:

@@ -255,7 +255,7 @@ def train(config: ExperimentConfig, resume: bool = False, progress: bool = True)
             raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
         step = load_checkpoint(latest, run.modules(), optimizers)["step"]
     preview = torch.stack([dataset[i]["image"] for i in range(min(8, len(dataset)))]).to(run.device)
-    logger = RunLogger(out_dir, tensorboard=config.train.tensorboard, enabled=lead)
+    logger = RunLogger(out_dir, tensorboard=config.train.tensorboard, enabled=lead, start_step=step)
     batches = batches_from(dataset, config, step, rank, run.world)
     bar = tqdm(total=config.train.steps, initial=step, disable=not (progress and lead), desc=f"train {out_dir.name}",
                dynamic_ncols=True)

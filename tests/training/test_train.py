@@ -8,6 +8,7 @@ import torch
 import lgvq.checkpoint as checkpoint_mod
 from lgvq.checkpoint import latest_checkpoint, load_weights, save_checkpoint
 from lgvq.config import load_config
+from lgvq.logger import read_log
 from lgvq.train import build_run, train
 
 
@@ -51,6 +52,20 @@ def test_resume_continues_exactly(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def _logged_steps(run_dir):
+    return [r["step"] for r in read_log(run_dir / "metrics.jsonl")]
+
+
+def test_log_has_each_step_once_after_resume_and_rerun(tmp_path):
+    train(tiny_config(tmp_path, "train.steps=3", "train.ckpt_every=2"), progress=False)
+    assert _logged_steps(tmp_path) == [1, 2, 3]
+    # a resume from the step-2 checkpoint replaces step 3, which the first run had logged
+    train(tiny_config(tmp_path, "train.steps=4", "train.ckpt_every=2"), resume=True, progress=False)
+    assert _logged_steps(tmp_path) == [1, 2, 3, 4]
+    train(tiny_config(tmp_path, "train.steps=2"), progress=False)  # a fresh run in the same folder
+    assert _logged_steps(tmp_path) == [1, 2]
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
