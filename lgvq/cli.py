@@ -1,6 +1,6 @@
 """The ``lgvq`` command.
 
-    lgvq demo                                   # plain VQ vs LG-VQ on the embedded data, with a report
+    lgvq demo [--seeds 0 1 2] [--tasks]         # plain VQ vs LG-VQ on the embedded data, with a report
     lgvq train --config configs/shapes-vqvae-lg.yaml [--set train.steps=500 ...] [--resume]
     lgvq eval RUN_DIR [--probe-steps 200] [--fid-weights pt_inception.pth]
     lgvq encode RUN_DIR IMAGE... --out codes.pt
@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train plain VQ and LG-VQ on the embedded data and write a report")
     p.add_argument("--out", default="reports/demo", help="report folder (default: reports/demo)")
     p.add_argument("--steps", type=int, default=None, help="training steps per model (default: the demo's budget)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", "--seed", dest="seeds", type=int, nargs="+", default=[0], metavar="SEED",
+                   help="one seed, or several for mean ± sd and paired differences (default: 0); "
+                        "seed folders already complete with the same settings are reused")
     p.add_argument("--tasks", action="store_true", help="also run the downstream tasks on both codebooks")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -186,8 +188,10 @@ def cmd_task(args) -> None:
 
 def cmd_demo(args) -> None:
     from lgvq.demo import run_demo
+    from lgvq.tasks import TaskBudget
 
-    report = run_demo(Path(args.out), steps=args.steps, seed=args.seed, tasks=args.tasks, progress=not args.quiet)
+    budget = TaskBudget() if args.tasks else None
+    report = run_demo(Path(args.out), steps=args.steps, seeds=args.seeds, task_budget=budget, progress=not args.quiet)
     print(f"report: {report}")
 
 

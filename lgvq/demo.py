@@ -7,10 +7,17 @@ seed) measures how well language aligns with each codebook, so the model trained
 language is measured the same way. The report folder holds ``README.md`` (metrics table,
 settings, timings), reconstruction grids, a codebook-usage plot, a word–code similarity
 heatmap and the training curves.
+
+With several seeds (``lgvq demo --seeds 0 1 2``) each seed gets that report in its own
+``seed-N`` folder, and the top ``README.md`` gives every metric's mean ± standard deviation
+and the paired LG − plain difference (``lgvq.comparison``). A seed folder whose
+``metrics.json`` was written with the same settings is reused, so an interrupted sweep
+resumes, and seeds can be run by separate processes into one folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import time
@@ -19,10 +26,12 @@ from pathlib import Path
 
 import torch
 
+from lgvq.comparison import Spread, comparison_table, flatten_tasks
 from lgvq.config import ExperimentConfig, load_config
 from lgvq.data import load_dataset
 from lgvq.evaluate import EvalResult, evaluate, fit_alignment_probe
 from lgvq.logger import read_log
+from lgvq.tasks import TaskBudget, prepare_task_data, run_all_tasks
 from lgvq.train import Run, dataset_args, train
 from lgvq.guidance import LanguageGuidance
 from lgvq.visualize import save_image_grid, save_similarity_heatmaps, save_training_curves, save_usage_histogram
@@ -130,10 +139,54 @@ def _heatmap(reports: list[ModelReport], caption: str, image: torch.Tensor, path
     return save_similarity_heatmaps(panels, labels, path)
 
 
-def run_demo(out: Path, steps: int | None = None, seed: int = 0, tasks: bool = False, progress: bool = True,
-             probe_steps: int = PROBE_STEPS, eval_size: int = EVAL_SIZE) -> Path:
-    """Train, evaluate and compare; returns the path of the report's README.md."""
-    steps = steps or DEFAULT_STEPS
+def run_demo(out: Path, steps: int | None = None, seeds: tuple[int, ...] | list[int] = (0,),
+             task_budget=None, progress: bool = True, probe_steps: int = PROBE_STEPS,
+             eval_size: int = EVAL_SIZE) -> Path:
+    """Train, evaluate and compare; returns the path of the report's README.md.
+
+    task_budget: a ``lgvq.tasks.TaskBudget`` to also run every downstream task on both frozen
+    codebooks (None: no tasks).
+    """
+    seeds = _check_seeds(seeds)
+    settings = _settings(steps or DEFAULT_STEPS, probe_steps, eval_size, task_budget)
+    if len(seeds) == 1:
+        return run_seed(out, settings, seeds[0], task_budget, progress)
+    start = time.perf_counter()
+    results = [_reuse_or_run(out / f"seed-{seed}", settings, seed, task_budget, progress) for seed in seeds]
+    readme = out / "README.md"
+    _write_atomic(readme, _sweep_text(results, settings, time.perf_counter() - start))
+    return readme
+
+
+def _check_seeds(seeds) -> tuple[int, ...]:
+    seeds = tuple(seeds)
+    if not seeds:
+        raise ValueError("seeds must name at least one seed")
+    if any(not isinstance(s, int) or isinstance(s, bool) for s in seeds):
+        raise TypeError(f"seeds must be ints, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds!r}")
+    return seeds
+
+
+def _settings(steps: int, probe_steps: int, eval_size: int, task_budget) -> dict:
+    """Everything besides the seed that decides a seed's numbers (a reused seed must match)."""
+    for name, value in (("steps", steps), ("probe_steps", probe_steps), ("eval_size", eval_size)):
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    budget = None if task_budget is None else dataclasses.asdict(_check_task_budget(task_budget))
+    return {"steps": steps, "probe_steps": probe_steps, "eval_size": eval_size, "task_budget": budget}
+
+
+def _check_task_budget(budget):
+    if not isinstance(budget, TaskBudget):
+        raise TypeError(f"task_budget must be a lgvq.tasks.TaskBudget or None, got {type(budget).__name__}")
+    return budget
+
+
+def run_seed(out: Path, settings: dict, seed: int, task_budget, progress: bool) -> Path:
+    """One seed's full demo report in ``out``; ``metrics.json`` is written last, atomically."""
+    steps, probe_steps, eval_size = settings["steps"], settings["probe_steps"], settings["eval_size"]
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     reports = [
@@ -142,6 +195,44 @@ def run_demo(out: Path, steps: int | None = None, seed: int = 0, tasks: bool = F
     ]
     config = reports[0].run.config
     val = load_dataset(**dataset_args(config, config.data.eval_split, config.data.eval_size))
+    _save_pictures(reports, val, out)
+    tasks = _run_tasks(reports, seed, task_budget) if task_budget is not None else None
+    total = time.perf_counter() - start
+    readme = out / "README.md"
+    readme.write_text(_report_text(reports, steps, probe_steps, seed, total, val[0]["caption"],
+                                   _task_table(tasks) if tasks else ""))
+    metrics = {
+        "settings": settings,
+        "seed": seed,
+        "seconds": total,
+        "device": _where(reports[0].run.device),
+        "caption": val[0]["caption"],
+        "models": {r.label: {**r.result.as_dict(), "train_seconds": r.seconds} for r in reports},
+        "own_head": next(r.own_head.as_dict() for r in reports if r.own_head is not None),
+        "tasks": tasks,
+    }
+    _write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
+    return readme
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _reuse_or_run(folder: Path, settings: dict, seed: int, task_budget, progress: bool) -> dict:
+    path = folder / "metrics.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("settings") == settings and saved.get("seed") == seed:
+            print(f"seed {seed}: reusing {folder} (same settings; delete it to rerun)")
+            return saved
+    run_seed(folder, settings, seed, task_budget, progress)
+    return json.loads(path.read_text())
+
+
+def _save_pictures(reports: list[ModelReport], val, out: Path) -> None:
     preview = torch.stack([val[i]["image"] for i in range(8)])
     with torch.no_grad():
         rows = [preview] + [r.run.model(preview.to(r.run.device)).x_rec.cpu() for r in reports]
@@ -152,28 +243,21 @@ def run_demo(out: Path, steps: int | None = None, seed: int = 0, tasks: bool = F
         {r.label: read_log(Path(r.run.config.train.out_dir) / "metrics.jsonl") for r in reports},
         out / "training_curves.png",
     )
-    task_table = _run_tasks(reports, seed, progress) if tasks else ""
-    total = time.perf_counter() - start
-    metrics = {r.label: r.result.as_dict() for r in reports}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    readme = out / "README.md"
-    readme.write_text(_report_text(reports, steps, probe_steps, seed, total, val[0]["caption"], task_table))
-    return readme
 
 
-def _run_tasks(reports: list[ModelReport], seed: int, progress: bool) -> str:
+def _run_tasks(reports: list[ModelReport], seed: int, budget) -> dict[str, dict[str, dict[str, float]]]:
     """Every downstream task on each frozen codebook, same budget, seed and shared scorers."""
-    from lgvq.tasks import TaskBudget, prepare_task_data, run_all_tasks
-
     config = reports[0].run.config
-    budget = TaskBudget()
     train_set = load_dataset(**dataset_args(config, config.data.split, config.data.size))
     test_set = load_dataset(**dataset_args(config, "test", budget.eval_items))
     data = prepare_task_data(train_set, test_set, _text_encoder(), budget, seed)
-    results = {
+    return {
         r.label: run_all_tasks(r.run.model, train_set, test_set, _text_encoder(), budget, seed, data=data)
         for r in reports
     }
+
+
+def _task_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     rows = sorted({(task, metric) for res in results.values() for task, ms in res.items() for metric in ms})
     lines = ["| task | metric | " + " | ".join(results) + " |", "|---|---|" + "---:|" * len(results)]
     for task, metric in rows:
@@ -182,52 +266,144 @@ def _run_tasks(reports: list[ModelReport], seed: int, progress: bool) -> str:
     return "\n".join(lines)
 
 
+def _where(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads, {platform.machine()})"
+
+
+def _setup_text(steps: int) -> str:
+    """What both models are: the same configs, shortened, the LG one adding guidance."""
+    config, lg_config = (demo_config(label, Path("unused"), steps, 0, 1) for label in CONFIGS)
+    lr = config.optim.base_lr * (config.data.batch_size if config.optim.scale_lr else 1)
+    plain, guided = CONFIGS.values()
+    return (
+        f"Both models: `configs/{plain}` and `configs/{guided}` shortened to {steps} steps: `vqvae-tiny` "
+        f"(32×32 images → 8×8 codes, K = 256, d = 64, quantizer options {config.model.overrides or 'default'}), "
+        f"batch {config.data.batch_size}, Adam (lr {lr:g}, "
+        f"β = {tuple(config.optim.betas)}), the same data order. The LG model adds LanguageGuidance "
+        f"(embedded all-MiniLM-L6-v2 text encoder, weights λ = {lg_config.guidance.weights} for gsa/mtp/ras, "
+        "leak-free masked text prediction)."
+    )
+
+
+def _probe_text(probe_steps: int) -> str:
+    return (
+        f"Alignment columns come from a probe: a fresh guidance head trained for {probe_steps} steps on each "
+        "frozen codebook with the same seed, so both codebooks are measured the same way. "
+        "Masked-word recall is leak-free (the encoder never sees the masked words)."
+    )
+
+
+def _pictures_text(folder: str, caption: str) -> list[str]:
+    labels = ", ".join(CONFIGS)
+    return [
+        f"Reconstructions (top: originals; then {labels}):",
+        "",
+        f"![reconstructions]({folder}reconstructions.png)",
+        "",
+        "Codebook usage on the held-out images:",
+        "",
+        f"![codebook usage]({folder}codebook_usage.png)",
+        "",
+        f"Word–word similarity of the caption “{caption}” and the similarity of the codes its words match:",
+        "",
+        f"![word-code similarity]({folder}word_code_similarity.png)",
+        "",
+        f"![training curves]({folder}training_curves.png)",
+    ]
+
+
 def _report_text(reports, steps: int, probe_steps: int, seed: int, seconds: float, caption: str,
                  task_table: str) -> str:
-    device = reports[0].run.device
-    config, lg_config = reports[0].run.config, reports[1].run.config
-    lr = config.optim.base_lr * (config.data.batch_size if config.optim.scale_lr else 1)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads, {platform.machine()})"
+    config = reports[0].run.config
     parts = [
         "# lgvq demo: plain VQ vs LG-VQ on the embedded captioned shapes",
         "",
-        f"Command: `lgvq demo` · {steps} training steps per model · seed {seed} · {where} · "
+        f"Command: `lgvq demo` · {steps} training steps per model · seed {seed} · {_where(reports[0].run.device)} · "
         f"torch {torch.__version__} · total {seconds / 60:.1f} min.",
         "",
-        f"Both models: `configs/{CONFIGS[reports[0].label]}` and `configs/{CONFIGS[reports[1].label]}` "
-        f"shortened to {steps} steps: `vqvae-tiny` (32×32 images → 8×8 codes, K = 256, d = 64), batch "
-        f"{config.data.batch_size}, Adam (lr {lr:g}, β = {tuple(config.optim.betas)}), the same data order. "
-        "The LG model adds LanguageGuidance (embedded all-MiniLM-L6-v2 text encoder, weights λ = "
-        f"{lg_config.guidance.weights} for gsa/mtp/ras, leak-free masked text prediction).",
+        _setup_text(steps),
         "",
         f"## Results ({config.data.eval_size} held-out images)",
         "",
         metrics_table(reports),
         "",
-        f"Alignment columns come from a probe: a fresh guidance head trained for {probe_steps} steps on each "
-        "frozen codebook with the same seed, so both codebooks are measured the same way. "
-        "Masked-word recall is leak-free (the encoder never sees the masked words). "
-        + _own_head_line(reports),
+        _probe_text(probe_steps) + " " + _own_head_line(reports),
         "",
         "One seed at a small budget: differences of a few tenths of a dB or a few percent are within "
-        "seed-to-seed spread; rerun with `--seed` to see it.",
+        "seed-to-seed spread; `lgvq demo --seeds 0 1 2 3 4` gives mean ± standard deviation.",
         "",
         "## Pictures",
         "",
-        "Reconstructions (top: originals; then " + ", ".join(r.label for r in reports) + "):",
-        "",
-        "![reconstructions](reconstructions.png)",
-        "",
-        "Codebook usage on the held-out images:",
-        "",
-        "![codebook usage](codebook_usage.png)",
-        "",
-        f"Word–word similarity of the caption “{caption}” and the similarity of the codes its words match:",
-        "",
-        "![word-code similarity](word_code_similarity.png)",
-        "",
-        "![training curves](training_curves.png)",
+        *_pictures_text("", caption),
     ]
     if task_table:
         parts += ["", "## Downstream tasks (same budget and seed for both codebooks)", "", task_table]
     return "\n".join(parts) + "\n"
+
+
+def _sweep_text(results: list[dict], settings: dict, seconds: float) -> str:
+    """The several-seed report: every metric's mean ± sd per model and the paired difference."""
+    plain, guided = CONFIGS
+    seeds = [r["seed"] for r in results]
+    n = len(seeds)
+    seed_list = " ".join(map(str, seeds))
+    tasks = settings["task_budget"] is not None
+    own = [r["own_head"] for r in results]
+    parts = [
+        f"# lgvq demo: plain VQ vs LG-VQ on the embedded captioned shapes, {n} seeds",
+        "",
+        f"Command: `lgvq demo --seeds {seed_list}{' --tasks' if tasks else ''}` · {settings['steps']} training "
+        f"steps per model · {results[0]['device']} · "
+        f"torch {torch.__version__} · this invocation {seconds / 60:.1f} min; per seed "
+        + ", ".join(f"{r['seconds'] / 60:.1f}" for r in results) + " min.",
+        "",
+        _setup_text(settings["steps"]),
+        "",
+        f"Each cell is the mean ± sample standard deviation over seeds {seed_list}. A seed fixes the initial "
+        f"weights, the data order and, for the tasks, the task networks and sampling, for both models alike, so "
+        f"**{guided} − {plain}** is the mean ± sd of the per-seed (paired) difference and the last column counts "
+        "the seeds where LG-VQ is strictly better in the metric's direction (↑ higher is better, ↓ lower).",
+        "",
+        f"## Tokenizers ({settings['eval_size']} held-out images)",
+        "",
+        comparison_table([r["models"] for r in results], plain, guided),
+        "",
+        _probe_text(settings["probe_steps"]) + " The LG model's own guidance head (trained jointly, not a probe): "
+        + _spread_line(own, "recall@1_1word", "recall@1, 1 word") + ", "
+        + _spread_line(own, "word_code_mse", "word–code MSE", 4) + ".",
+    ]
+    if tasks:
+        budget = settings["task_budget"]
+        per_seed = [{label: flatten_tasks(r["tasks"][label]) for label in CONFIGS} for r in results]
+        parts += [
+            "",
+            "## Downstream tasks on the frozen codebooks",
+            "",
+            f"Every task network trains {budget['steps']} steps (batch {budget['batch_size']}, width "
+            f"{budget['width']}, depth {budget['depth']}) on the codes of {budget['train_items']} training images "
+            f"and is scored on {budget['eval_items']} test images; an attribute classifier trained on real images "
+            f"({budget['classifier_steps']} steps) scores generated images (colour/shape recall, and the Fréchet "
+            "distance in its feature space — not FID). `reconstruction` is the decoder's ceiling: the test images' "
+            "own codes, decoded. Unconditional recall, scored against test scenes it was never told about, is "
+            "the chance level text-to-image recall should beat.",
+            "",
+            comparison_table(per_seed, plain, guided),
+        ]
+    parts += [
+        "",
+        "## Per seed",
+        "",
+        " · ".join(f"[seed {s}](seed-{s}/README.md)" for s in seeds),
+        "",
+        f"Pictures of seed {seeds[0]}:",
+        "",
+        *_pictures_text(f"seed-{seeds[0]}/", results[0]["caption"]),
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def _spread_line(results: list[dict], metric: str, name: str, digits: int = 2) -> str:
+    values = [r[metric] for r in results if metric in r]
+    return f"{name} {Spread.of(values).format(digits)}" if values else f"{name} —"
