@@ -6,7 +6,7 @@
     lgvq encode RUN_DIR IMAGE... --out codes.pt
     lgvq decode RUN_DIR codes.pt --out DIR
     lgvq reconstruct RUN_DIR IMAGE... --out DIR
-    lgvq task NAME RUN_DIR [--steps N]        # NAME: text-to-image, captioning, vqa, completion, ...
+    lgvq task NAME RUN_DIR [--steps N] [--fid-weights pt_inception.pth]   # text-to-image, captioning, vqa, ...
 
 Every failure the user can fix (missing file, bad key, bad value) ends with one line on
 stderr and exit status 2, not a traceback.
@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_run_args(p)
     p.add_argument("--steps", type=int, default=None, help="training steps of the task model")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fid-weights", default=None,
+                   help="local Inception weights (torch-fidelity pt_inception) for FID of generated images")
     return parser
 
 
@@ -181,7 +183,8 @@ def cmd_task(args) -> None:
     train_set = load_dataset(**dataset_args(run.config, run.config.data.split, run.config.data.size))
     test_set = load_dataset(**dataset_args(run.config, run.config.data.eval_split, run.config.data.eval_size))
     encoder = run.guidance.text_encoder if run.guidance is not None else load_text_encoder()
-    metrics = run_task(args.name, run.model, train_set, test_set, encoder, budget, args.seed)
+    metrics = run_task(args.name, run.model, train_set, test_set, encoder, budget, args.seed,
+                       fid_features=args.fid_weights)
     for key, value in metrics.items():
         print(f"{key:>24}: {value:.4f}")
 

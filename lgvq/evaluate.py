@@ -53,22 +53,32 @@ def _unit(images: torch.Tensor) -> torch.Tensor:
     return ((images.float() + 1) / 2).clamp(0, 1)
 
 
-def fid_metric(inception_weights: str, device: torch.device):
-    """torchmetrics FID with torch-fidelity's InceptionV3 loaded from a local weights file
-    (``pt_inception-2015-12-05-6726825d.pth``). torch-fidelity declares torchvision as a
-    dependency but its Inception does not use it: ``pip install --no-deps torch-fidelity``."""
+def fid_metric(feature_extractor, device: torch.device, keep_real: bool = False):
+    """torchmetrics FID on images in [0, 1].
+
+    feature_extractor: a local file of torch-fidelity's InceptionV3 weights
+    (``pt_inception-2015-12-05-6726825d.pth``; torch-fidelity declares torchvision as a
+    dependency but its Inception does not use it: ``pip install --no-deps torch-fidelity``),
+    or an ``nn.Module`` mapping (B, 3, H, W) images in [0, 1] to (B, F) features.
+    keep_real: ``reset()`` keeps the real images' statistics (score several fake sets against one real set).
+    """
     from pathlib import Path
 
-    if not Path(inception_weights).is_file():
-        raise FileNotFoundError(
-            f"Inception weights not found: {inception_weights} (download pt_inception-2015-12-05-6726825d.pth "
-            "elsewhere and pass its local path)"
-        )
     try:
         from torchmetrics.image.fid import FrechetInceptionDistance
     except ImportError as err:  # pragma: no cover - depends on optional packages
         raise ImportError("FID needs torchmetrics[image] and torch-fidelity installed") from err
-    metric = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=inception_weights)
+    if isinstance(feature_extractor, torch.nn.Module):
+        metric = FrechetInceptionDistance(feature=feature_extractor.eval(), normalize=True,
+                                          reset_real_features=not keep_real)
+        return metric.to(device)
+    if not Path(feature_extractor).is_file():
+        raise FileNotFoundError(
+            f"Inception weights not found: {feature_extractor} (download pt_inception-2015-12-05-6726825d.pth "
+            "elsewhere and pass its local path)"
+        )
+    metric = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(feature_extractor),
+                                      reset_real_features=not keep_real)
     return metric.to(device)
 
 
@@ -81,7 +91,7 @@ def evaluate(
     batch_size: int = 32,
     masked_words: tuple[int, ...] = (1, 3),
     seed: int = 0,
-    inception_weights: str | None = None,
+    inception_weights=None,  # a local Inception weights file or a feature nn.Module (fid_metric); None: no FID
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> EvalResult:

@@ -1,10 +1,12 @@
 """Downstream tasks on a frozen VQ model's codes: text-to-image, unconditional generation,
-completion, captioning and VQA, with ground-truth metrics on the embedded shapes data.
+completion, captioning and VQA, with ground-truth metrics on the embedded shapes data and,
+on real captioned data, caption metrics and FID (with local Inception weights).
 
     codes = encode_dataset(vq_model, dataset)            # once per VQ model
     t2i = TextToImage.build(vq_model, text_encoder); t2i.fit(codes, TrainSettings())
     images = decode_codes(vq_model, t2i.generate(["a red circle"], sampling=Sampling(top_k=32)))
     results = run_all_tasks(vq_model, train_set, test_set, text_encoder, TaskBudget(), seed=0)
+    results = run_all_tasks(..., fid_features="pt_inception-2015-12-05-6726825d.pth")  # real data
 """
 
 from lgvq.tasks.autoregressive import (
@@ -35,11 +37,13 @@ from lgvq.tasks.evaluation import (
     scene_labels,
     train_attribute_classifier,
 )
+from lgvq.tasks.image_scoring import AttributeScorer, FIDScorer, ImageScorer
 from lgvq.tasks.layers import CodeEmbedding, TransformerSize
 from lgvq.tasks.runner import (
     TASKS,
     TaskBudget,
     TaskData,
+    available_tasks,
     prepare_task_data,
     run_all_tasks,
     run_task,
@@ -55,11 +59,14 @@ __all__ = [
     "ATTRIBUTES",
     "TASKS",
     "AttributeClassifier",
+    "AttributeScorer",
     "CaptionNetwork",
     "Captioner",
     "CodeDataset",
     "CodeEmbedding",
     "CodeTransformer",
+    "FIDScorer",
+    "ImageScorer",
     "QuestionAnswerer",
     "Sampling",
     "TaskBudget",
@@ -72,6 +79,7 @@ __all__ = [
     "VQAExamples",
     "VQANetwork",
     "attribute_labels",
+    "available_tasks",
     "caption_metrics",
     "check_code_indices",
     "complete",

@@ -4,10 +4,15 @@
     plain = run_all_tasks(vq_model, train_set, test_set, text_encoder, budget, seed, data=data)
     guided = run_all_tasks(lg_model, train_set, test_set, text_encoder, budget, seed, data=data)
 
-Everything that does not depend on the VQ model (text features, VQA questions, the attribute
-classifier and its features of the real test images) lives in ``TaskData``: sharing it
-between models saves time and guarantees both are scored by the same classifier. With the
-same budget and seed, two models differ only in their codes and codebook.
+Everything that does not depend on the VQ model (text features, VQA questions, the image
+scorers and their statistics of the real test images) lives in ``TaskData``: sharing it
+between models saves time and guarantees both are scored alike. With the same budget and
+seed, two models differ only in their codes and codebook.
+
+Data with ground-truth scenes (the embedded shapes) gets every task and the attribute
+scorer; other captioned data (CUB, CelebA, COCO, TextCaps, a folder) gets every task but VQA,
+with caption metrics against the dataset's own captions and, given Inception weights
+(``fid_features``), FID of generated images against the real test images.
 """
 
 from __future__ import annotations
@@ -34,15 +39,13 @@ from lgvq.tasks.codes import (
 )
 from lgvq.tasks.completion import complete
 from lgvq.tasks.evaluation import (
-    AttributeClassifier,
     caption_metrics,
-    frechet_distance,
     java_available,
-    presence_recall,
     psnr,
     scene_labels,
     train_attribute_classifier,
 )
+from lgvq.tasks.image_scoring import AttributeScorer, FIDScorer, ImageScorer
 from lgvq.tasks.layers import TransformerSize
 from lgvq.tasks.text_features import TextFeatures, encode_texts
 from lgvq.tasks.text_to_image import TextToImage
@@ -127,24 +130,25 @@ class TaskData:
     train_items: torch.Tensor  # (N,) train_set indices the tasks train on
     eval_items: torch.Tensor  # (M,) test_set indices they are evaluated on
     train_captions: TextFeatures  # word features of train_set[i]["caption"], i in train_items
-    vqa_train: VQAExamples
-    vqa_test: VQAExamples
-    classifier: AttributeClassifier
+    vqa_train: VQAExamples | None  # None: the data has no question-answer ground truth
+    vqa_test: VQAExamples | None
     eval_images: torch.Tensor  # (M, 3, S, S) real test images
-    eval_labels: torch.Tensor  # (M, attributes) bool ground truth
-    eval_features: torch.Tensor  # (M, F) classifier features of the real test images
-    real_recall: dict[str, float]  # the classifier's own recall on the real test images
+    scorers: tuple[ImageScorer, ...]  # how generated images are scored (may be empty)
 
 
-def check_ground_truth_dataset(name: str, dataset) -> None:
-    for method in ("scene", "vqa", "captions"):
-        if not callable(getattr(dataset, method, None)):
-            raise TypeError(
-                f"{name} must be a dataset with ground truth ({method}(index)), such as ShapesDataset; "
-                f"got {type(dataset).__name__}"
-            )
+def check_captioned_dataset(name: str, dataset) -> None:
+    if not callable(getattr(dataset, "captions", None)):
+        raise TypeError(
+            f"{name} must be a captioned dataset (captions(index)), such as ShapesDataset or a "
+            f"lgvq.data loader; got {type(dataset).__name__}"
+        )
     if len(dataset) == 0:
         raise ValueError(f"{name} is empty")
+
+
+def has_ground_truth(dataset) -> bool:
+    """Whether ``dataset`` knows its scenes and questions (scene(index), vqa(index))."""
+    return all(callable(getattr(dataset, method, None)) for method in ("scene", "vqa"))
 
 
 @contextmanager
@@ -171,47 +175,50 @@ def prepare_task_data(
     seed: int = 0,
     *,
     device: torch.device | str = "cpu",
+    fid_features=None,
 ) -> TaskData:
-    """Encode the texts, draw the VQA questions and train the attribute classifier, once."""
+    """Encode the texts and, where the data has ground truth, draw the VQA questions and train
+    the attribute classifier; once for every model compared.
+
+    fid_features: Inception weights (a local file) or a feature ``nn.Module`` for FID of
+    generated images against the real test images (``FIDScorer``); None: no FID.
+    """
     with torch_threads(check_budget(budget).threads):
-        return _prepare(train_set, test_set, text_encoder, budget, seed, device)
+        return _prepare(train_set, test_set, text_encoder, budget, seed, device, fid_features)
 
 
-def _prepare(train_set, test_set, text_encoder, budget: TaskBudget, seed: int, device) -> TaskData:
-    check_ground_truth_dataset("train_set", train_set)
-    check_ground_truth_dataset("test_set", test_set)
+def _prepare(train_set, test_set, text_encoder, budget: TaskBudget, seed: int, device, fid_features) -> TaskData:
+    check_captioned_dataset("train_set", train_set)
+    check_captioned_dataset("test_set", test_set)
     train_items = first_items(train_set, budget.train_items)
     eval_items = first_items(test_set, budget.eval_items)
     if len(eval_items) < 2:
         raise ValueError("test_set needs at least 2 items (a Fréchet distance needs a covariance)")
     captions = [train_set[i]["caption"] for i in train_items.tolist()]
-    questions = dict(questions_per_image=budget.questions_per_image, seed=seed)
-    classifier = train_attribute_classifier(
-        train_set,
-        TrainSettings(
-            steps=budget.classifier_steps,
-            batch_size=budget.classifier_batch_size,
-            lr=3e-3,
-            seed=seed,
-        ),
-        device=device,
-    )
     eval_images = torch.stack([test_set[i]["image"] for i in eval_items.tolist()])
-    eval_labels = scene_labels(test_set, eval_items)
-    eval_features, predicted = classifier.embed(eval_images)
+    scorers: list[ImageScorer] = []
+    vqa_train = vqa_test = None
+    if has_ground_truth(train_set) and has_ground_truth(test_set):
+        settings = TrainSettings(
+            steps=budget.classifier_steps, batch_size=budget.classifier_batch_size, lr=3e-3, seed=seed
+        )
+        classifier = train_attribute_classifier(train_set, settings, device=device)
+        scorers.append(AttributeScorer(classifier, eval_images, scene_labels(test_set, eval_items)))
+        questions = dict(questions_per_image=budget.questions_per_image, seed=seed)
+        vqa_train = vqa_examples(train_set, train_items, text_encoder, **questions)
+        vqa_test = vqa_examples(test_set, eval_items, text_encoder, **questions)
+    if fid_features is not None:
+        scorers.append(FIDScorer(eval_images, fid_features, device))
     return TaskData(
         train_set=train_set,
         test_set=test_set,
         train_items=train_items,
         eval_items=eval_items,
         train_captions=encode_texts(text_encoder, captions, name="train captions"),
-        vqa_train=vqa_examples(train_set, train_items, text_encoder, **questions),
-        vqa_test=vqa_examples(test_set, eval_items, text_encoder, **questions),
-        classifier=classifier,
+        vqa_train=vqa_train,
+        vqa_test=vqa_test,
         eval_images=eval_images,
-        eval_labels=eval_labels,
-        eval_features=eval_features,
-        real_recall=presence_recall(predicted, eval_labels),
+        scorers=tuple(scorers),
     )
 
 
@@ -243,13 +250,9 @@ class TaskRun:
         return generator, generator.fit(self.train_codes, self.settings)
 
     def image_scores(self, indices: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Decoded images, their attribute recall against the test scenes and their Fréchet
-        distance to the real test images."""
+        """Decoded images and every scorer's verdict on them against the real test images."""
         images = decode_codes(self.model, indices)
-        features, predicted = self.data.classifier.embed(images)
-        scores = presence_recall(predicted, self.data.eval_labels)
-        scores["attribute_frechet_distance"] = frechet_distance(features, self.data.eval_features)
-        return images, scores
+        return images, {name: value for scorer in self.data.scorers for name, value in scorer.scores(images).items()}
 
     @property
     def given_rows(self) -> int:
@@ -285,7 +288,7 @@ def reconstruction_task(run: TaskRun) -> dict[str, float]:
         **scores,
         "psnr": psnr(images, run.data.eval_images),
         "psnr_lower": run.lower_psnr(images),
-        **{f"real_{name}": value for name, value in run.data.real_recall.items()},
+        **{name: value for scorer in run.data.scorers for name, value in scorer.real_scores().items()},
     }
 
 
@@ -370,6 +373,11 @@ def task_names() -> list[str]:
     return list(TASKS)
 
 
+def available_tasks(data: TaskData) -> list[str]:
+    """Every task the prepared data supports: all of them, less VQA without ground truth."""
+    return [name for name in TASKS if name != "vqa" or data.vqa_train is not None]
+
+
 def _timed(task: Callable[[TaskRun], dict[str, float]], run: TaskRun) -> dict[str, float]:
     start = time.perf_counter()
     metrics = task(run)
@@ -382,14 +390,16 @@ def check_budget(budget) -> TaskBudget:
     return budget
 
 
-def _start_run(model, train_set, test_set, text_encoder, budget, seed, data) -> TaskRun:
+def _task_data(model, train_set, test_set, text_encoder, budget, seed, data, fid_features) -> TaskData:
     if data is None:
-        data = prepare_task_data(
-            train_set, test_set, text_encoder, budget, seed, device=model_device(model)
+        return prepare_task_data(
+            train_set, test_set, text_encoder, budget, seed, device=model_device(model), fid_features=fid_features
         )
-    elif data.train_set is not train_set or data.test_set is not test_set:
+    if data.train_set is not train_set or data.test_set is not test_set:
         raise ValueError("data was prepared for other datasets than train_set / test_set")
-    return TaskRun(model, text_encoder, data, budget, seed)
+    if fid_features is not None:
+        raise ValueError("pass fid_features to prepare_task_data, not with data that is already prepared")
+    return data
 
 
 def run_task(
@@ -402,13 +412,20 @@ def run_task(
     seed: int = 0,
     *,
     data: TaskData | None = None,
+    fid_features=None,
 ) -> dict[str, float]:
-    """Train and evaluate one task (see ``task_names()``) on ``model``'s frozen codes."""
+    """Train and evaluate one task (see ``task_names()``) on ``model``'s frozen codes.
+    ``fid_features``: see ``prepare_task_data``."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; valid names: {', '.join(TASKS)}")
     with torch_threads(check_budget(budget).threads):
-        run = _start_run(model, train_set, test_set, text_encoder, budget, seed, data)
-        return _timed(TASKS[name], run)
+        data = _task_data(model, train_set, test_set, text_encoder, budget, seed, data, fid_features)
+        if name not in available_tasks(data):
+            raise ValueError(
+                f"{name} needs question-answer ground truth (scene(index) and vqa(index), as ShapesDataset "
+                f"has); {type(test_set).__name__} has none. Tasks for this data: {', '.join(available_tasks(data))}"
+            )
+        return _timed(TASKS[name], TaskRun(model, text_encoder, data, budget, seed))
 
 
 def run_all_tasks(
@@ -420,9 +437,12 @@ def run_all_tasks(
     seed: int = 0,
     *,
     data: TaskData | None = None,
+    fid_features=None,
 ) -> dict[str, dict[str, float]]:
-    """{task name: {metric: value}} for every task, trained with the same budget and seed.
-    Pass ``data`` (``prepare_task_data``) to share the model-independent work between models."""
+    """{task name: {metric: value}} for every task the data supports (``available_tasks``),
+    trained with the same budget and seed. Pass ``data`` (``prepare_task_data``) to share the
+    model-independent work between models; ``fid_features``: see ``prepare_task_data``."""
     with torch_threads(check_budget(budget).threads):
-        run = _start_run(model, train_set, test_set, text_encoder, budget, seed, data)
-        return {name: _timed(task, run) for name, task in TASKS.items()}
+        data = _task_data(model, train_set, test_set, text_encoder, budget, seed, data, fid_features)
+        run = TaskRun(model, text_encoder, data, budget, seed)
+        return {name: _timed(TASKS[name], run) for name in available_tasks(data)}

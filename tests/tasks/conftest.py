@@ -6,7 +6,7 @@ import torch
 
 from lgvq.data import ShapesDataset
 from lgvq.models import build_model
-from lgvq.tasks import CodeDataset, TrainSettings, TransformerSize, encode_dataset
+from lgvq.tasks import CodeDataset, TaskBudget, TrainSettings, TransformerSize, encode_dataset
 from lgvq.text import load_text_encoder
 
 TINY = TransformerSize(width=32, depth=1, heads=2)
@@ -59,3 +59,11 @@ def test_set():
 @pytest.fixture(scope="session")
 def codes(vq_model, train_set) -> CodeDataset:
     return encode_dataset(vq_model, train_set, batch_size=10)
+
+
+@pytest.fixture(scope="session")
+def tiny_budget() -> TaskBudget:
+    """A few steps of every task network on a dozen images: seconds, not minutes."""
+    return TaskBudget(steps=6, batch_size=4, width=32, depth=1, heads=2, train_items=12, eval_items=4,
+                      questions_per_image=2, classifier_steps=4, classifier_batch_size=4, beam_size=2,
+                      meteor=False)

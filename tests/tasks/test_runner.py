@@ -14,32 +14,17 @@ from lgvq.tasks import (
 )
 from lgvq.tasks.runner import torch_threads
 
-TINY_BUDGET = TaskBudget(
-    steps=6,
-    batch_size=4,
-    width=32,
-    depth=1,
-    heads=2,
-    train_items=12,
-    eval_items=4,
-    questions_per_image=2,
-    classifier_steps=4,
-    classifier_batch_size=4,
-    beam_size=2,
-    meteor=False,
-)
-
 
 @pytest.fixture(scope="module")
-def data(train_set, test_set, text_encoder):
-    return prepare_task_data(train_set, test_set, text_encoder, TINY_BUDGET, seed=0)
+def data(train_set, test_set, text_encoder, tiny_budget):
+    return prepare_task_data(train_set, test_set, text_encoder, tiny_budget, seed=0)
 
 
 def test_run_all_tasks_reports_finite_metrics_for_every_task(
-    vq_model, train_set, test_set, text_encoder, data
+    vq_model, train_set, test_set, text_encoder, data, tiny_budget
 ):
     results = run_all_tasks(
-        vq_model, train_set, test_set, text_encoder, TINY_BUDGET, seed=0, data=data
+        vq_model, train_set, test_set, text_encoder, tiny_budget, seed=0, data=data
     )
     assert list(results) == task_names()
     for task, metrics in results.items():
@@ -52,28 +37,28 @@ def test_run_all_tasks_reports_finite_metrics_for_every_task(
     assert "psnr_lower" in results["completion"]
 
 
-def test_run_task_is_reproducible(vq_model, train_set, test_set, text_encoder, data):
+def test_run_task_is_reproducible(vq_model, train_set, test_set, text_encoder, data, tiny_budget):
     first = run_task(
-        "vqa", vq_model, train_set, test_set, text_encoder, TINY_BUDGET, seed=3, data=data
+        "vqa", vq_model, train_set, test_set, text_encoder, tiny_budget, seed=3, data=data
     )
     second = run_task(
-        "vqa", vq_model, train_set, test_set, text_encoder, TINY_BUDGET, seed=3, data=data
+        "vqa", vq_model, train_set, test_set, text_encoder, tiny_budget, seed=3, data=data
     )
     first.pop("seconds"), second.pop("seconds")
     assert first == second
 
 
-def test_bad_task_requests_are_rejected(vq_model, train_set, test_set, text_encoder, data):
+def test_bad_task_requests_are_rejected(vq_model, train_set, test_set, text_encoder, data, tiny_budget):
     with pytest.raises(ValueError, match="unknown task 'segmentation'"):
         run_task(
-            "segmentation", vq_model, train_set, test_set, text_encoder, TINY_BUDGET, data=data
+            "segmentation", vq_model, train_set, test_set, text_encoder, tiny_budget, data=data
         )
     with pytest.raises(TypeError, match="budget must be a TaskBudget"):
         run_task("vqa", vq_model, train_set, test_set, text_encoder, {"steps": 3}, data=data)
-    with pytest.raises(TypeError, match="train_set must be a dataset with ground truth"):
-        prepare_task_data([1, 2], test_set, text_encoder, TINY_BUDGET)
+    with pytest.raises(TypeError, match="train_set must be a captioned dataset"):
+        prepare_task_data([1, 2], test_set, text_encoder, tiny_budget)
     with pytest.raises(ValueError, match="prepared for other datasets"):
-        run_task("vqa", vq_model, test_set, train_set, text_encoder, TINY_BUDGET, data=data)
+        run_task("vqa", vq_model, test_set, train_set, text_encoder, tiny_budget, data=data)
 
 
 @pytest.mark.parametrize(

@@ -82,3 +82,5 @@ def test_task_runs_on_a_trained_model(run_dir, capsys):
     assert "accuracy" in capsys.readouterr().out
     assert main(["task", "painting", str(run_dir)]) == 2
     assert "unknown task 'painting'" in capsys.readouterr().err
+    assert main(["task", "unconditional", str(run_dir), "--fid-weights", str(run_dir / "no-such.pth")]) == 2
+    assert "Inception weights not found" in capsys.readouterr().err

@@ -1,0 +1,26 @@
+"""lgvq.evaluate: reconstruction metrics against torchmetrics, and FID through a feature network."""
+
+import pytest
+import torch
+from torch import nn
+
+from lgvq.data import ShapesDataset, collate
+from lgvq.evaluate import evaluate
+from lgvq.models import build_model
+from lgvq.tasks import frechet_distance
+
+
+def test_fid_of_reconstructions_is_the_frechet_distance_of_their_features():
+    torch.manual_seed(0)
+    model = build_model("vqvae-tiny").eval()
+    dataset = ShapesDataset(12, 32, 0, split="test")
+    features = nn.Sequential(nn.Conv2d(3, 6, 3, 2), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    features.num_features = 6
+    result = evaluate(model, dataset, inception_weights=features, batch_size=5, progress=False)
+    images = collate([dataset[i] for i in range(len(dataset))])["image"]
+    with torch.no_grad():
+        fake = model(images).x_rec
+        unit = lambda x: ((x + 1) / 2).clamp(0, 1)  # noqa: E731
+        expected = frechet_distance(features(unit(fake)), features(unit(images)))
+    assert result.fid == pytest.approx(expected, rel=1e-3, abs=1e-5)
+    assert 0 < result.psnr < 60 and 0 < result.usage_percent <= 100
