@@ -63,6 +63,7 @@ class MetricComparison:
     candidate: Spread
     difference: Spread  # candidate − baseline, paired by seed
     wins: int | None  # seeds where the candidate is strictly better; None if not a score
+    losses: int | None  # seeds where the baseline is strictly better
 
     @property
     def n(self) -> int:
@@ -84,8 +85,9 @@ def compare(per_seed: list[dict[str, dict[str, float]]], baseline: str, candidat
         b = [seed[candidate][metric] for seed in per_seed]
         sign = direction(metric)
         wins = None if sign is None else sum(sign * (y - x) > 0 for x, y in zip(a, b))
+        losses = None if sign is None else sum(sign * (y - x) < 0 for x, y in zip(a, b))
         rows.append(MetricComparison(
-            metric, Spread.of(a), Spread.of(b), Spread.of([y - x for x, y in zip(a, b)]), wins
+            metric, Spread.of(a), Spread.of(b), Spread.of([y - x for x, y in zip(a, b)]), wins, losses
         ))
     return rows
 
@@ -115,6 +117,27 @@ def comparison_table(per_seed: list[dict[str, dict[str, float]]], baseline: str,
             f"{row.candidate.format(digits)} | {_signed(row.difference, digits)} | {wins} |"
         )
     return "\n".join(lines)
+
+
+def unanimous_summary(per_seed: list[dict[str, dict[str, float]]], baseline: str, candidate: str) -> str:
+    """One sentence naming the scores on which the candidate is better, or worse, in every seed.
+
+    With n paired seeds, "every seed" has probability 2 · 0.5^n under no difference (a sign
+    test); everything else is called mixed rather than read as a trend.
+    """
+    n = len(per_seed)
+    if n < 2:
+        return "One seed: no metric can be called consistently better or worse."
+    rows = [r for r in compare(per_seed, baseline, candidate) if r.wins is not None]
+    better = [r.metric for r in rows if r.wins == n]
+    worse = [r.metric for r in rows if r.losses == n]
+    return (
+        f"{candidate} is better than {baseline} in all {n} seeds on: {', '.join(better) or 'nothing'}; "
+        f"worse in all {n} seeds on: {', '.join(worse) or 'nothing'}; every other score is mixed across seeds. "
+        f"(Under no real difference, one score comes out the same way in all {n} seeds with probability "
+        f"{2 * 0.5 ** n:.2f}, and {len(rows)} scores are compared, so expect about {len(rows) * 2 * 0.5 ** n:.1f} "
+        "such scores by chance.)"
+    )
 
 
 def _signed(spread: Spread, digits: int) -> str:

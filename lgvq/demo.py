@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from lgvq.comparison import Spread, comparison_table, flatten_tasks
+from lgvq.comparison import Spread, comparison_table, flatten_tasks, unanimous_summary
 from lgvq.config import ExperimentConfig, load_config
 from lgvq.data import load_dataset
 from lgvq.evaluate import EvalResult, evaluate, fit_alignment_probe
@@ -269,7 +269,8 @@ def _task_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
 def _where(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({torch.get_num_threads()} threads, {platform.machine()})"
+    threads = torch.get_num_threads()
+    return f"CPU ({threads} thread{'s' if threads > 1 else ''}, {platform.machine()})"
 
 
 def _setup_text(steps: int) -> str:
@@ -370,6 +371,8 @@ def _sweep_text(results: list[dict], settings: dict, seconds: float) -> str:
         "",
         comparison_table([r["models"] for r in results], plain, guided),
         "",
+        unanimous_summary([r["models"] for r in results], plain, guided),
+        "",
         _probe_text(settings["probe_steps"]) + " The LG model's own guidance head (trained jointly, not a probe): "
         + _spread_line(own, "recall@1_1word", "recall@1, 1 word") + ", "
         + _spread_line(own, "word_code_mse", "word–code MSE", 4) + ".",
@@ -390,6 +393,8 @@ def _sweep_text(results: list[dict], settings: dict, seconds: float) -> str:
             "the chance level text-to-image recall should beat.",
             "",
             comparison_table(per_seed, plain, guided),
+            "",
+            unanimous_summary(per_seed, plain, guided),
         ]
     parts += [
         "",

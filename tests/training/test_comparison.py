@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from lgvq.comparison import Spread, compare, comparison_table, direction, flatten_tasks
+from lgvq.comparison import Spread, compare, comparison_table, direction, flatten_tasks, unanimous_summary
 
 PER_SEED = [
     {"A": {"psnr": 1.0, "test_nll": 2.0, "seconds": 5.0}, "B": {"psnr": 2.0, "test_nll": 1.0, "seconds": 3.0}},
@@ -61,3 +61,13 @@ def test_bad_input_is_rejected_clearly():
 def test_flatten_tasks_names_task_and_metric():
     assert flatten_tasks({"vqa": {"accuracy": 0.5}, "captioning": {"cider": 1.0}}) == {
         "vqa / accuracy": 0.5, "captioning / cider": 1.0}
+
+
+def test_unanimous_summary_names_scores_won_or_lost_in_every_seed():
+    per_seed = [{"A": {"psnr": 1.0, "ssim": 0.5, "cider": 9.0}, "B": {"psnr": 2.0, "ssim": 0.4, "cider": 9.0}},
+                {"A": {"psnr": 1.0, "ssim": 0.5, "cider": 8.0}, "B": {"psnr": 3.0, "ssim": 0.3, "cider": 9.0}}]
+    text = unanimous_summary(per_seed, "A", "B")
+    assert "better than A in all 2 seeds on: psnr;" in text
+    assert "worse in all 2 seeds on: ssim;" in text  # cider: a tie and a win, so mixed
+    assert "probability 0.50" in text and "about 1.5 such scores" in text
+    assert unanimous_summary(per_seed[:1], "A", "B").startswith("One seed")
