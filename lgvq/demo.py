@@ -273,6 +273,18 @@ def _where(device: torch.device) -> str:
     return f"CPU ({threads} thread{'s' if threads > 1 else ''}, {platform.machine()})"
 
 
+def _command(seeds: list[int], steps: int, tasks: bool) -> str:
+    """The ``lgvq demo`` command line that reproduces a report (probe and eval sizes are the defaults)."""
+    parts = ["lgvq demo"]
+    if steps != DEFAULT_STEPS:
+        parts.append(f"--steps {steps}")
+    if list(seeds) != [0]:
+        parts.append("--seeds " + " ".join(map(str, seeds)))
+    if tasks:
+        parts.append("--tasks")
+    return " ".join(parts)
+
+
 def _setup_text(steps: int) -> str:
     """What both models are: the same configs, shortened, the LG one adding guidance."""
     config, lg_config = (demo_config(label, Path("unused"), steps, 0, 1) for label in CONFIGS)
@@ -321,7 +333,8 @@ def _report_text(reports, steps: int, probe_steps: int, seed: int, seconds: floa
     parts = [
         "# lgvq demo: plain VQ vs LG-VQ on the embedded captioned shapes",
         "",
-        f"Command: `lgvq demo` · {steps} training steps per model · seed {seed} · {_where(reports[0].run.device)} · "
+        f"Command: `{_command([seed], steps, bool(task_table))}` · {steps} training steps per model · seed {seed} · "
+        f"{_where(reports[0].run.device)} · "
         f"torch {torch.__version__} · total {seconds / 60:.1f} min.",
         "",
         _setup_text(steps),
@@ -355,7 +368,7 @@ def _sweep_text(results: list[dict], settings: dict, seconds: float) -> str:
     parts = [
         f"# lgvq demo: plain VQ vs LG-VQ on the embedded captioned shapes, {n} seeds",
         "",
-        f"Command: `lgvq demo --seeds {seed_list}{' --tasks' if tasks else ''}` · {settings['steps']} training "
+        f"Command: `{_command(seeds, settings['steps'], tasks)}` · {settings['steps']} training "
         f"steps per model · {results[0]['device']} · "
         f"torch {torch.__version__} · this invocation {seconds / 60:.1f} min; per seed "
         + ", ".join(f"{r['seconds'] / 60:.1f}" for r in results) + " min.",

@@ -19,6 +19,7 @@ TINY_TASKS = TaskBudget(steps=3, batch_size=4, width=32, depth=1, heads=2, train
 def test_demo_writes_a_complete_report(tmp_path):
     readme = run_demo(tmp_path, **TINY)
     text = readme.read_text()
+    assert "Command: `lgvq demo --steps 2` ·" in text
     for label in CONFIGS:
         assert f"| {label} |" in text
     for picture in PICTURES:
@@ -42,6 +43,7 @@ def test_several_seeds_report_spread_paired_difference_and_tasks(sweep):
     out, readme = sweep
     text = readme.read_text()
     plain, guided = CONFIGS
+    assert "Command: `lgvq demo --steps 2 --seeds 0 1 --tasks` ·" in text
     assert f"| metric | {plain} | {guided} | {guided} − {plain} | {guided} better |" in text
     assert "| psnr ↑ |" in text and "| vqa / accuracy ↑ |" in text and "| captioning / cider ↑ |" in text
     seeds = [json.loads((out / f"seed-{s}" / "metrics.json").read_text()) for s in (0, 1)]
