@@ -71,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
 
     p = sub.add_parser("task", help="a downstream task on a trained model's frozen codes")
-    p.add_argument("name", help="text-to-image | unconditional | completion | captioning | vqa | reconstruction")
+    p.add_argument("name", help="text-to-image | unconditional | completion | captioning | vqa | "
+                                "semantic-synthesis | reconstruction")
     _add_run_args(p)
     p.add_argument("--steps", type=int, default=None, help="training steps of the task model")
     p.add_argument("--seed", type=int, default=0)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 # baseline, the classifier's recall on real images) is shown but not called better or worse.
 HIGHER_IS_BETTER = {
     "psnr", "ssim", "usage_percent", "perplexity", "colour_recall", "shape_recall", "psnr_lower",
-    "accuracy", "bleu4", "rouge_l", "cider", "meteor",
+    "accuracy", "bleu4", "rouge_l", "cider", "meteor", "layout_iou",
 }
 LOWER_IS_BETTER = {"word_code_mse", "fid", "train_loss", "test_nll", "attribute_frechet_distance"}
 ARROWS = {1: " ↑", -1: " ↓", None: ""}

@@ -29,6 +29,7 @@ from lgvq.data.captioned import CaptionedDataset
 from lgvq.data.images import pil_to_tensor
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
+SEMANTIC_CLASSES = ("background", *SHAPES)  # the classes of a semantic map, index = class id
 COLOURS = {
     "red": (220, 40, 40),
     "orange": (245, 140, 20),
@@ -337,22 +338,37 @@ def _relation_questions(objects, rng: random.Random) -> list[tuple[str, str]]:
 # --- rendering ------------------------------------------------------------------------------
 
 
+def _draw(objects: tuple[ShapeObject, ...], canvas: Image.Image, fill_of) -> None:
+    """Draw each object on ``canvas`` with the fill ``fill_of(object)``."""
+    draw = ImageDraw.Draw(canvas)
+    for obj in objects:
+        x0, y0, x1, y1 = (v * canvas.width for v in obj.bbox)
+        if obj.shape == "circle":
+            draw.ellipse((x0, y0, x1, y1), fill=fill_of(obj))
+        else:
+            width, height = x1 - x0, y1 - y0
+            draw.polygon(
+                [(x0 + u * width, y0 + v * height) for u, v in _OUTLINES[obj.shape]], fill=fill_of(obj)
+            )
+
+
 def render(objects: tuple[ShapeObject, ...], image_size: int) -> Image.Image:
     """Draw the objects on a plain background; supersampled for smooth edges."""
     canvas_size = image_size * _SUPERSAMPLE
     image = Image.new("RGB", (canvas_size, canvas_size), BACKGROUND)
-    draw = ImageDraw.Draw(image)
-    for obj in objects:
-        x0, y0, x1, y1 = (v * canvas_size for v in obj.bbox)
-        fill = COLOURS[obj.colour]
-        if obj.shape == "circle":
-            draw.ellipse((x0, y0, x1, y1), fill=fill)
-        else:
-            width, height = x1 - x0, y1 - y0
-            draw.polygon(
-                [(x0 + u * width, y0 + v * height) for u, v in _OUTLINES[obj.shape]], fill=fill
-            )
+    _draw(objects, image, lambda obj: COLOURS[obj.colour])
     return image.reduce(_SUPERSAMPLE)
+
+
+def render_semantic_map(objects: tuple[ShapeObject, ...], image_size: int) -> torch.Tensor:
+    """(image_size, image_size) int64 class of every pixel: ``SEMANTIC_CLASSES.index``, i.e. 0 for
+    background and 1 + ``SHAPES.index`` inside an object. Drawn with ``render``'s geometry and
+    supersampling; a pixel takes the class at its block's centre (labels cannot be averaged)."""
+    canvas_size = image_size * _SUPERSAMPLE
+    labels = Image.new("L", (canvas_size, canvas_size), 0)
+    _draw(objects, labels, lambda obj: SEMANTIC_CLASSES.index(obj.shape))
+    labels = labels.resize((image_size, image_size), Image.NEAREST)
+    return torch.frombuffer(bytearray(labels.tobytes()), dtype=torch.uint8).view(image_size, image_size).long()
 
 
 # --- dataset --------------------------------------------------------------------------------
@@ -405,6 +421,10 @@ class ShapesDataset(CaptionedDataset):
 
     def captions(self, index: int) -> tuple[str, ...]:
         return self.scene(index).captions
+
+    def semantic_map(self, index: int) -> torch.Tensor:
+        """(image_size, image_size) int64 class map of item ``index`` (see ``SEMANTIC_CLASSES``)."""
+        return render_semantic_map(self.scene(self.check_index(index)).objects, self.image_size)
 
     def vqa(self, index: int) -> tuple[list[str], list[str]]:
         """Questions about item ``index`` and their answers (each in ANSWER_VOCAB)."""

@@ -1,5 +1,5 @@
 """Downstream tasks on a frozen VQ model's codes: text-to-image, unconditional generation,
-completion, captioning and VQA, with ground-truth metrics on the embedded shapes data and,
+completion, captioning, VQA and semantic-map-conditioned synthesis, with ground-truth metrics on the embedded shapes data and,
 on real captioned data, caption metrics and FID (with local Inception weights).
 
     codes = encode_dataset(vq_model, dataset)            # once per VQ model
@@ -30,6 +30,7 @@ from lgvq.tasks.evaluation import (
     AttributeClassifier,
     attribute_labels,
     caption_metrics,
+    foreground_iou,
     frechet_distance,
     normalise_caption,
     presence_recall,
@@ -39,6 +40,7 @@ from lgvq.tasks.evaluation import (
 )
 from lgvq.tasks.image_scoring import AttributeScorer, FIDScorer, ImageScorer
 from lgvq.tasks.layers import CodeEmbedding, TransformerSize
+from lgvq.tasks.semantic_synthesis import SemanticSynthesis, layout_features
 from lgvq.tasks.runner import (
     TASKS,
     TaskBudget,
@@ -68,6 +70,7 @@ __all__ = [
     "FIDScorer",
     "ImageScorer",
     "QuestionAnswerer",
+    "SemanticSynthesis",
     "Sampling",
     "TaskBudget",
     "TaskData",
@@ -88,9 +91,11 @@ __all__ = [
     "encode_text_table",
     "encode_texts",
     "filter_logits",
+    "foreground_iou",
     "fit_autoregressive",
     "frechet_distance",
     "frozen_codebook",
+    "layout_features",
     "normalise_caption",
     "prepare_task_data",
     "presence_recall",

@@ -22,6 +22,7 @@ from torch import nn
 
 from lgvq.checks import check_tensor
 from lgvq.data import COLOURS, SHAPES
+from lgvq.data.shapes import BACKGROUND
 from lgvq.tasks.text_features import check_texts
 from lgvq.tasks.training import TrainSettings, train_network
 
@@ -181,6 +182,23 @@ def psnr(images: torch.Tensor, reference: torch.Tensor, *, from_row: int = 0) ->
     diff = images[:, :, from_row:].double() - reference[:, :, from_row:].double()
     mse = diff.square().mean(dim=(1, 2, 3)).clamp(min=1e-12)
     return float((10 * torch.log10(4.0 / mse)).mean())
+
+
+def foreground_iou(images: torch.Tensor, maps: torch.Tensor, *, threshold: float = 0.25) -> float:
+    """Mean per-image IoU between where an image departs from the shapes background colour (by
+    more than ``threshold`` in [-1, 1] units in any channel) and where its semantic map has an
+    object (class > 0): did a generated image put objects where its layout asked for them?"""
+    check_tensor("images", images, ndim=4)
+    check_tensor("maps", maps, ndim=3, dtypes=(torch.int64,), finite=False)
+    if images.shape[0] != maps.shape[0] or images.shape[2:] != maps.shape[1:]:
+        raise ValueError(f"images {tuple(images.shape)} and maps {tuple(maps.shape)} must match in N, H, W")
+    background = torch.tensor(BACKGROUND, dtype=images.dtype, device=images.device).view(1, 3, 1, 1) / 127.5 - 1
+    drawn = (images - background).abs().amax(dim=1) > threshold
+    wanted = maps.to(images.device) > 0
+    intersection = (drawn & wanted).flatten(1).sum(1)
+    union = (drawn | wanted).flatten(1).sum(1)
+    iou = torch.where(union > 0, intersection / union.clamp(min=1), torch.ones_like(union, dtype=torch.float))
+    return float(iou.float().mean())
 
 
 # --- captions ---------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ between models saves time and guarantees both are scored alike. With the same bu
 seed, two models differ only in their codes and codebook.
 
 Data with ground-truth scenes (the embedded shapes) gets every task and the attribute
-scorer; other captioned data (CUB, CelebA, COCO, TextCaps, a folder) gets every task but VQA,
+scorer; other captioned data (CUB, CelebA, COCO, TextCaps, a folder) gets every task but VQA
+and semantic synthesis,
 with caption metrics against the dataset's own captions and, given Inception weights
 (``fid_features``), FID of generated images against the real test images.
 """
@@ -38,8 +39,10 @@ from lgvq.tasks.codes import (
     model_device,
 )
 from lgvq.tasks.completion import complete
+from lgvq.data import SEMANTIC_CLASSES
 from lgvq.tasks.evaluation import (
     caption_metrics,
+    foreground_iou,
     java_available,
     psnr,
     scene_labels,
@@ -47,6 +50,7 @@ from lgvq.tasks.evaluation import (
 )
 from lgvq.tasks.image_scoring import AttributeScorer, FIDScorer, ImageScorer
 from lgvq.tasks.layers import TransformerSize
+from lgvq.tasks.semantic_synthesis import SemanticSynthesis
 from lgvq.tasks.text_features import TextFeatures, encode_texts
 from lgvq.tasks.text_to_image import TextToImage
 from lgvq.tasks.training import TrainSettings
@@ -130,10 +134,16 @@ class TaskData:
     train_items: torch.Tensor  # (N,) train_set indices the tasks train on
     eval_items: torch.Tensor  # (M,) test_set indices they are evaluated on
     train_captions: TextFeatures  # word features of train_set[i]["caption"], i in train_items
-    vqa_train: VQAExamples | None  # None: the data has no question-answer ground truth
+    vqa_train: VQAExamples | None  # None (here and below): the data has no ground truth
     vqa_test: VQAExamples | None
+    train_maps: torch.Tensor | None  # (N, S, S) int64 semantic maps of the train items
+    eval_maps: torch.Tensor | None  # (M, S, S)
     eval_images: torch.Tensor  # (M, 3, S, S) real test images
     scorers: tuple[ImageScorer, ...]  # how generated images are scored (may be empty)
+
+    @property
+    def has_ground_truth(self) -> bool:
+        return self.vqa_train is not None
 
 
 def check_captioned_dataset(name: str, dataset) -> None:
@@ -146,9 +156,16 @@ def check_captioned_dataset(name: str, dataset) -> None:
         raise ValueError(f"{name} is empty")
 
 
+GROUND_TRUTH_METHODS = ("scene", "vqa", "semantic_map")
+
+
 def has_ground_truth(dataset) -> bool:
-    """Whether ``dataset`` knows its scenes and questions (scene(index), vqa(index))."""
-    return all(callable(getattr(dataset, method, None)) for method in ("scene", "vqa"))
+    """Whether ``dataset`` knows its scenes, questions and semantic maps (as ShapesDataset does)."""
+    return all(callable(getattr(dataset, method, None)) for method in GROUND_TRUTH_METHODS)
+
+
+def semantic_maps(dataset, items: torch.Tensor) -> torch.Tensor:
+    return torch.stack([dataset.semantic_map(i) for i in items.tolist()])
 
 
 @contextmanager
@@ -197,7 +214,7 @@ def _prepare(train_set, test_set, text_encoder, budget: TaskBudget, seed: int, d
     captions = [train_set[i]["caption"] for i in train_items.tolist()]
     eval_images = torch.stack([test_set[i]["image"] for i in eval_items.tolist()])
     scorers: list[ImageScorer] = []
-    vqa_train = vqa_test = None
+    vqa_train = vqa_test = train_maps = eval_maps = None
     if has_ground_truth(train_set) and has_ground_truth(test_set):
         settings = TrainSettings(
             steps=budget.classifier_steps, batch_size=budget.classifier_batch_size, lr=3e-3, seed=seed
@@ -207,6 +224,7 @@ def _prepare(train_set, test_set, text_encoder, budget: TaskBudget, seed: int, d
         questions = dict(questions_per_image=budget.questions_per_image, seed=seed)
         vqa_train = vqa_examples(train_set, train_items, text_encoder, **questions)
         vqa_test = vqa_examples(test_set, eval_items, text_encoder, **questions)
+        train_maps, eval_maps = semantic_maps(train_set, train_items), semantic_maps(test_set, eval_items)
     if fid_features is not None:
         scorers.append(FIDScorer(eval_images, fid_features, device))
     return TaskData(
@@ -217,6 +235,8 @@ def _prepare(train_set, test_set, text_encoder, budget: TaskBudget, seed: int, d
         train_captions=encode_texts(text_encoder, captions, name="train captions"),
         vqa_train=vqa_train,
         vqa_test=vqa_test,
+        train_maps=train_maps,
+        eval_maps=eval_maps,
         eval_images=eval_images,
         scorers=tuple(scorers),
     )
@@ -284,12 +304,15 @@ def _nll(transformer, codes: CodeDataset, condition: TextFeatures | None = None)
 def reconstruction_task(run: TaskRun) -> dict[str, float]:
     """The ceiling the VQ decoder allows: scores of the test images' own codes, decoded."""
     images, scores = run.image_scores(run.eval_codes.indices)
-    return {
-        **scores,
-        "psnr": psnr(images, run.data.eval_images),
-        "psnr_lower": run.lower_psnr(images),
-        **{name: value for scorer in run.data.scorers for name, value in scorer.real_scores().items()},
-    }
+    scores.update(psnr=psnr(images, run.data.eval_images), psnr_lower=run.lower_psnr(images))
+    for scorer in run.data.scorers:
+        scores.update(scorer.real_scores())
+    if run.data.has_ground_truth:
+        scores.update(
+            layout_iou=foreground_iou(images, run.data.eval_maps),
+            real_layout_iou=foreground_iou(run.data.eval_images, run.data.eval_maps),
+        )
+    return scores
 
 
 def text_to_image_task(run: TaskRun) -> dict[str, float]:
@@ -345,6 +368,22 @@ def captioning_task(run: TaskRun) -> dict[str, float]:
     }
 
 
+def semantic_synthesis_task(run: TaskRun) -> dict[str, float]:
+    """Images generated from the test images' semantic maps. The map asks for shapes and their
+    layout (layout IoU, shape recall), not for colours, so colour recall here is near chance."""
+    run.seeded()
+    synthesis = SemanticSynthesis.build(run.model, len(SEMANTIC_CLASSES), run.budget.size)
+    losses = synthesis.fit(run.train_codes, run.data.train_maps, run.settings)
+    indices = synthesis.generate(run.data.eval_maps, sampling=run.budget.sampling, seed=run.seed)
+    images, scores = run.image_scores(indices)
+    return {
+        "train_loss": final_loss(losses),
+        "test_nll": _nll(synthesis.transformer, run.eval_codes, synthesis.layout(run.data.eval_maps)),
+        "layout_iou": foreground_iou(images, run.data.eval_maps),
+        **scores,
+    }
+
+
 def vqa_task(run: TaskRun) -> dict[str, float]:
     run.seeded()
     answerer = QuestionAnswerer.build(run.model, run.text_encoder, run.budget.size)
@@ -366,7 +405,9 @@ TASKS: dict[str, Callable[[TaskRun], dict[str, float]]] = {
     "completion": completion_task,
     "captioning": captioning_task,
     "vqa": vqa_task,
+    "semantic-synthesis": semantic_synthesis_task,
 }
+GROUND_TRUTH_TASKS = ("vqa", "semantic-synthesis")  # they need scenes, questions and maps
 
 
 def task_names() -> list[str]:
@@ -374,8 +415,8 @@ def task_names() -> list[str]:
 
 
 def available_tasks(data: TaskData) -> list[str]:
-    """Every task the prepared data supports: all of them, less VQA without ground truth."""
-    return [name for name in TASKS if name != "vqa" or data.vqa_train is not None]
+    """Every task the prepared data supports: all of them, less GROUND_TRUTH_TASKS without ground truth."""
+    return [name for name in TASKS if data.has_ground_truth or name not in GROUND_TRUTH_TASKS]
 
 
 def _timed(task: Callable[[TaskRun], dict[str, float]], run: TaskRun) -> dict[str, float]:
@@ -422,8 +463,9 @@ def run_task(
         data = _task_data(model, train_set, test_set, text_encoder, budget, seed, data, fid_features)
         if name not in available_tasks(data):
             raise ValueError(
-                f"{name} needs question-answer ground truth (scene(index) and vqa(index), as ShapesDataset "
-                f"has); {type(test_set).__name__} has none. Tasks for this data: {', '.join(available_tasks(data))}"
+                f"{name} needs ground truth ({', '.join(f'{m}(index)' for m in GROUND_TRUTH_METHODS)}, as "
+                f"ShapesDataset has); {type(test_set).__name__} has none. Tasks for this data: "
+                f"{', '.join(available_tasks(data))}"
             )
         return _timed(TASKS[name], TaskRun(model, text_encoder, data, budget, seed))
 

@@ -1,5 +1,6 @@
 """Tasks on captioned data without ground-truth scenes (a folder of images with captions, as
-CUB/COCO/... would be): every task but VQA runs, generated images are scored by FID."""
+CUB/COCO/... would be): every task but VQA and semantic synthesis runs, and generated images
+are scored by FID."""
 
 import math
 
@@ -60,7 +61,7 @@ def test_missing_inception_weights_are_a_clear_error(tmp_path):
         FIDScorer(torch.zeros(2, 3, 8, 8), tmp_path / "pt_inception.pth")
 
 
-def test_every_task_but_vqa_runs_on_data_without_ground_truth(vq_model, text_encoder, folders, tiny_budget):
+def test_tasks_without_ground_truth_run_on_a_captioned_folder(vq_model, text_encoder, folders, tiny_budget):
     train_set, test_set = folders
     data = prepare_task_data(train_set, test_set, text_encoder, tiny_budget, fid_features=TinyFeatures())
     assert available_tasks(data) == ["reconstruction", "text-to-image", "unconditional", "completion", "captioning"]
@@ -70,8 +71,9 @@ def test_every_task_but_vqa_runs_on_data_without_ground_truth(vq_model, text_enc
         assert results[task]["fid"] >= 0 and "colour_recall" not in results[task], task
     assert {"bleu4", "rouge_l", "cider"} <= set(results["captioning"])
     assert all(math.isfinite(v) for metrics in results.values() for v in metrics.values())
-    with pytest.raises(ValueError, match="vqa needs question-answer ground truth"):
-        run_task("vqa", vq_model, train_set, test_set, text_encoder, tiny_budget, data=data)
+    for task in ("vqa", "semantic-synthesis"):
+        with pytest.raises(ValueError, match=f"{task} needs ground truth"):
+            run_task(task, vq_model, train_set, test_set, text_encoder, tiny_budget, data=data)
     with pytest.raises(ValueError, match="pass fid_features to prepare_task_data"):
         run_task("captioning", vq_model, train_set, test_set, text_encoder, tiny_budget, data=data,
                  fid_features=TinyFeatures())

@@ -35,6 +35,8 @@ def test_run_all_tasks_reports_finite_metrics_for_every_task(
     assert {"bleu4", "rouge_l", "cider"} <= set(results["captioning"])
     assert 0.0 <= results["vqa"]["accuracy"] <= 1.0
     assert "psnr_lower" in results["completion"]
+    assert {"layout_iou", "shape_recall", "test_nll"} <= set(results["semantic-synthesis"])
+    assert results["reconstruction"]["real_layout_iou"] > 0.7  # the metric agrees with real images
 
 
 def test_run_task_is_reproducible(vq_model, train_set, test_set, text_encoder, data, tiny_budget):
