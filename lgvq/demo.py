@@ -31,7 +31,8 @@ from lgvq.config import ExperimentConfig, load_config
 from lgvq.data import load_dataset
 from lgvq.evaluate import EvalResult, evaluate, fit_alignment_probe
 from lgvq.logger import read_log
-from lgvq.tasks import TaskBudget, prepare_task_data, run_all_tasks
+from lgvq.runs import load_run
+from lgvq.tasks import TaskBudget, prepare_task_data, run_all_tasks, run_task, task_names
 from lgvq.train import Run, dataset_args, train
 from lgvq.guidance import LanguageGuidance
 from lgvq.visualize import save_image_grid, save_similarity_heatmaps, save_training_curves, save_usage_histogram
@@ -43,6 +44,8 @@ EVAL_SIZE = 256
 #: The two runs are the repository's shapes configs; the demo only shortens them.
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = {"VQ-VAE": "shapes-vqvae.yaml", "VQ-VAE + LG": "shapes-vqvae-lg.yaml"}
+RUN_FOLDERS = {"VQ-VAE": "vq", "VQ-VAE + LG": "lg"}  # under <report>/runs/
+TASKS_HEADING = "## Downstream tasks (same budget and seed for both codebooks)"
 
 
 @dataclass
@@ -191,7 +194,7 @@ def run_seed(out: Path, settings: dict, seed: int, task_budget, progress: bool) 
     start = time.perf_counter()
     reports = [
         _train_and_evaluate(label, out / "runs" / name, steps, probe_steps, seed, eval_size, progress)
-        for label, name in zip(CONFIGS, ("vq", "lg"))
+        for label, name in RUN_FOLDERS.items()
     ]
     config = reports[0].run.config
     val = load_dataset(**dataset_args(config, config.data.eval_split, config.data.eval_size))
@@ -227,6 +230,8 @@ def _reuse_or_run(folder: Path, settings: dict, seed: int, task_budget, progress
         saved = json.loads(path.read_text())
         if saved.get("settings") == settings and saved.get("seed") == seed:
             print(f"seed {seed}: reusing {folder} (same settings; delete it to rerun)")
+            if task_budget is not None:
+                _add_missing_tasks(folder, saved, task_budget)
             return saved
     run_seed(folder, settings, seed, task_budget, progress)
     return json.loads(path.read_text())
@@ -247,14 +252,38 @@ def _save_pictures(reports: list[ModelReport], val, out: Path) -> None:
 
 def _run_tasks(reports: list[ModelReport], seed: int, budget) -> dict[str, dict[str, dict[str, float]]]:
     """Every downstream task on each frozen codebook, same budget, seed and shared scorers."""
-    config = reports[0].run.config
-    train_set = load_dataset(**dataset_args(config, config.data.split, config.data.size))
-    test_set = load_dataset(**dataset_args(config, "test", budget.eval_items))
+    train_set, test_set = _task_datasets(reports[0].run.config, budget)
     data = prepare_task_data(train_set, test_set, _text_encoder(), budget, seed)
     return {
         r.label: run_all_tasks(r.run.model, train_set, test_set, _text_encoder(), budget, seed, data=data)
         for r in reports
     }
+
+
+def _task_datasets(config: ExperimentConfig, budget: TaskBudget):
+    train_set = load_dataset(**dataset_args(config, config.data.split, config.data.size))
+    return train_set, load_dataset(**dataset_args(config, "test", budget.eval_items))
+
+
+def _add_missing_tasks(folder: Path, saved: dict, budget: TaskBudget) -> None:
+    """Run the tasks a reused seed lacks (added to lgvq after it ran) on its saved models, and
+    save them into its metrics.json and README, so a new task never forces retraining."""
+    missing = [t for t in task_names() if any(t not in saved["tasks"][label] for label in CONFIGS)]
+    if not missing:
+        return
+    print(f"seed {saved['seed']}: running {', '.join(missing)} on its saved models")
+    runs = {label: load_run(folder / "runs" / name) for label, name in RUN_FOLDERS.items()}
+    train_set, test_set = _task_datasets(runs[next(iter(CONFIGS))].config, budget)
+    data = prepare_task_data(train_set, test_set, _text_encoder(), budget, saved["seed"])
+    for label, run in runs.items():
+        for task in missing:
+            saved["tasks"][label][task] = run_task(
+                task, run.model, train_set, test_set, _text_encoder(), budget, saved["seed"], data=data
+            )
+    readme = folder / "README.md"
+    head = readme.read_text().split("\n" + TASKS_HEADING)[0].rstrip("\n")
+    _write_atomic(readme, f"{head}\n\n{TASKS_HEADING}\n\n{_task_table(saved['tasks'])}\n")
+    _write_atomic(folder / "metrics.json", json.dumps(saved, indent=2))
 
 
 def _task_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
@@ -353,7 +382,7 @@ def _report_text(reports, steps: int, probe_steps: int, seed: int, seconds: floa
         *_pictures_text("", caption),
     ]
     if task_table:
-        parts += ["", "## Downstream tasks (same budget and seed for both codebooks)", "", task_table]
+        parts += ["", TASKS_HEADING, "", task_table]
     return "\n".join(parts) + "\n"
 
 

@@ -2,6 +2,7 @@
 several seeds give mean ± sd and paired differences, and completed seeds are reused."""
 
 import json
+import shutil
 
 import pytest
 
@@ -70,6 +71,21 @@ def test_completed_seeds_are_reused_and_changed_settings_rerun(sweep, monkeypatc
     assert strip(again) == strip(before)
     with pytest.raises(AssertionError, match="trained again"):
         run_demo(out, seeds=(0, 1), task_budget=TINY_TASKS, **{**TINY, "probe_steps": 3})
+
+
+def test_a_task_missing_from_a_reused_seed_runs_on_its_saved_models(sweep, tmp_path, monkeypatch):
+    out = tmp_path / "sweep"
+    shutil.copytree(sweep[0], out)
+    path = out / "seed-1" / "metrics.json"
+    saved = json.loads(path.read_text())
+    expected = {label: saved["tasks"][label].pop("vqa") for label in CONFIGS}  # as if vqa were new
+    path.write_text(json.dumps(saved))
+    monkeypatch.setattr(demo, "train", lambda *a, **k: pytest.fail("trained again"))
+    text = run_demo(out, seeds=(0, 1), task_budget=TINY_TASKS, **TINY).read_text()
+    redone = json.loads(path.read_text())["tasks"]
+    for label in CONFIGS:  # the saved models and the seed reproduce the original run's numbers
+        assert redone[label]["vqa"]["accuracy"] == expected[label]["accuracy"]
+    assert "| vqa / accuracy ↑ |" in text and "| vqa | accuracy |" in (out / "seed-1" / "README.md").read_text()
 
 
 @pytest.mark.parametrize("seeds, error", [((), "at least one"), ((0, 0), "distinct"), ((0.5,), "ints")])
