@@ -8,6 +8,10 @@ network with an empty prefix (no cross-attention weights left unused), completio
 same thing with given codes appended to the prefix, and taming's conditional transformer,
 which the LG-VQ release builds on, conditions the same way. With <= 30 words before 64
 codes the longer self-attention costs little.
+
+A condition given per code cell (a semantic layout pooled onto the code grid) is instead
+*added* to the input token that predicts that cell's code, so cell j's condition meets code
+j's prediction directly rather than through attention the network must first learn to aim.
 """
 
 from __future__ import annotations
@@ -87,6 +91,7 @@ class CodeTransformer(nn.Module):
         grid: tuple[int, int],
         size: TransformerSize,
         condition_dim: int | None = None,
+        cell_dim: int | None = None,
     ):
         super().__init__()
         self.grid = tuple(grid)
@@ -95,6 +100,7 @@ class CodeTransformer(nn.Module):
         self.start = init_vector(size.width)
         # MiniLM / CLIP word features already encode word order, so no prefix positions
         self.condition = None if condition_dim is None else nn.Linear(condition_dim, size.width)
+        self.cells = None if cell_dim is None else nn.Linear(cell_dim, size.width)
         self.blocks = encoder_stack(size)
         self.norm = nn.LayerNorm(size.width)
         self.head = nn.Linear(size.width, self.codes.n_embed)
@@ -115,9 +121,25 @@ class CodeTransformer(nn.Module):
         if condition is not None and len(condition) != batch_size:
             raise ValueError(f"condition has {len(condition)} rows for a batch of {batch_size}")
 
-    def forward(self, codes: torch.Tensor, condition: TextFeatures | None = None) -> torch.Tensor:
+    def _check_cells(self, cells: torch.Tensor | None, batch_size: int) -> None:
+        if (self.cells is None) != (cells is None):
+            raise ValueError(
+                "this transformer takes per-cell conditions: pass cells" if cells is None
+                else "this transformer takes no per-cell conditions: cells must be None"
+            )
+        if cells is not None:
+            check_tensor("cells", cells, ndim=3)
+            expected = (batch_size, self.num_codes, self.cells.in_features)
+            if tuple(cells.shape) != expected:
+                raise ValueError(f"cells must have shape {expected}, got {tuple(cells.shape)}")
+
+    def forward(self, codes: torch.Tensor, condition: TextFeatures | None = None,
+                cells: torch.Tensor | None = None) -> torch.Tensor:
         batch, m = codes.shape
-        tokens = [self.start.expand(batch, -1, -1), self.codes(codes)]
+        inputs = torch.cat([self.start.expand(batch, -1, -1), self.codes(codes)], dim=1)
+        if cells is not None:  # input j predicts code j: give it cell j's condition
+            inputs = inputs + self.cells(cells[:, : m + 1])
+        tokens = [inputs]
         padding = torch.zeros(batch, m + 1, dtype=torch.bool, device=codes.device)
         if condition is not None:
             tokens.insert(0, self.condition(condition.words))
@@ -126,12 +148,14 @@ class CodeTransformer(nn.Module):
         x = self.blocks(x, mask=causal_mask(x.shape[1], x.device), src_key_padding_mask=padding)
         return self.head(self.norm(x[:, -(m + 1) :]))
 
-    def loss(self, indices: torch.Tensor, condition: TextFeatures | None = None) -> torch.Tensor:
+    def loss(self, indices: torch.Tensor, condition: TextFeatures | None = None,
+             cells: torch.Tensor | None = None) -> torch.Tensor:
         """Mean next-code cross-entropy (nats) of (B, h, w) indices."""
         indices = check_code_indices("indices", indices, self.n_embed, self.grid)
         self._check_condition(condition, len(indices))
+        self._check_cells(cells, len(indices))
         codes = indices.flatten(1)
-        logits = self(codes[:, :-1], condition)
+        logits = self(codes[:, :-1], condition, cells)
         return F.cross_entropy(logits.flatten(0, 1), codes.flatten())
 
     @torch.no_grad()
@@ -140,6 +164,7 @@ class CodeTransformer(nn.Module):
         batch_size: int,
         *,
         condition: TextFeatures | None = None,
+        cells: torch.Tensor | None = None,
         prefix: torch.Tensor | None = None,
         sampling: Sampling = Sampling(),
         seed: int = 0,
@@ -147,16 +172,18 @@ class CodeTransformer(nn.Module):
         """(batch_size, h, w) indices; the first ``prefix.shape[1]`` raster codes are given."""
         check_positive("batch_size", batch_size)
         self._check_condition(condition, batch_size)
+        self._check_cells(cells, batch_size)
         device = self.head.weight.device
         codes = torch.zeros(batch_size, 0, dtype=torch.int64, device=device)
         if prefix is not None:
             codes = self._check_prefix(prefix, batch_size).to(device)
         condition = None if condition is None else condition.to(device)
+        cells = None if cells is None else cells.to(device)
         generator = torch.Generator(device).manual_seed(seed)
         was_training = self.training
         self.eval()
         while codes.shape[1] < self.num_codes:
-            logits = self(codes, condition)[:, -1].float()
+            logits = self(codes, condition, cells)[:, -1].float()
             codes = torch.cat([codes, sample_next(logits, sampling, generator)[:, None]], dim=1)
         self.train(was_training)
         return codes.view(batch_size, *self.grid)
@@ -178,14 +205,18 @@ def fit_autoregressive(
     codes: CodeDataset,
     settings: TrainSettings,
     condition: TextFeatures | None = None,
+    cells: torch.Tensor | None = None,
 ) -> list[float]:
-    """Teacher-forced training on ``codes`` (each row with ``condition`` row, if given)."""
-    if condition is not None and len(condition) != len(codes):
-        raise ValueError(f"condition has {len(condition)} rows for {len(codes)} code rows")
+    """Teacher-forced training on ``codes`` (each row with its ``condition`` and ``cells`` row,
+    if given)."""
+    for name, given in (("condition", condition), ("cells", cells)):
+        if given is not None and len(given) != len(codes):
+            raise ValueError(f"{name} has {len(given)} rows for {len(codes)} code rows")
     device = transformer.head.weight.device
 
     def batch_loss(rows: torch.Tensor) -> torch.Tensor:
         batch_condition = None if condition is None else condition.rows(rows).to(device)
-        return transformer.loss(codes.indices[rows].to(device), batch_condition)
+        batch_cells = None if cells is None else cells[rows.to(cells.device)].to(device)
+        return transformer.loss(codes.indices[rows].to(device), batch_condition, batch_cells)
 
     return train_network(transformer, batch_loss, len(codes), settings)

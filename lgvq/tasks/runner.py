@@ -292,13 +292,14 @@ def final_loss(losses: list[float], fraction: float = 0.1) -> float:
 
 
 @torch.no_grad()
-def _nll(transformer, codes: CodeDataset, condition: TextFeatures | None = None) -> float:
+def _nll(transformer, codes: CodeDataset, condition: TextFeatures | None = None,
+         cells: torch.Tensor | None = None) -> float:
     device = transformer.head.weight.device
-    return float(
-        transformer.loss(
-            codes.indices.to(device), None if condition is None else condition.to(device)
-        )
-    )
+    return float(transformer.loss(
+        codes.indices.to(device),
+        None if condition is None else condition.to(device),
+        None if cells is None else cells.to(device),
+    ))
 
 
 def reconstruction_task(run: TaskRun) -> dict[str, float]:
@@ -327,11 +328,13 @@ def text_to_image_task(run: TaskRun) -> dict[str, float]:
 
 
 def unconditional_task(run: TaskRun) -> dict[str, float]:
-    """Its attribute recall, scored against the test scenes it was never told about, is the
-    chance level that text-to-image recall should beat."""
+    """Its attribute recall and layout IoU, scored against test scenes it was never told
+    about, are the chance levels that text-to-image and semantic synthesis should beat."""
     generator, losses = run.unconditional
     indices = generator.generate(len(run.eval_codes), sampling=run.budget.sampling, seed=run.seed)
-    _, scores = run.image_scores(indices)
+    images, scores = run.image_scores(indices)
+    if run.data.has_ground_truth:
+        scores["layout_iou"] = foreground_iou(images, run.data.eval_maps)
     return {
         "train_loss": final_loss(losses),
         "test_nll": _nll(generator.transformer, run.eval_codes),
@@ -378,7 +381,7 @@ def semantic_synthesis_task(run: TaskRun) -> dict[str, float]:
     images, scores = run.image_scores(indices)
     return {
         "train_loss": final_loss(losses),
-        "test_nll": _nll(synthesis.transformer, run.eval_codes, synthesis.layout(run.data.eval_maps)),
+        "test_nll": _nll(synthesis.transformer, run.eval_codes, cells=synthesis.layout(run.data.eval_maps)),
         "layout_iou": foreground_iou(images, run.data.eval_maps),
         **scores,
     }

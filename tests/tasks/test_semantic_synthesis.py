@@ -36,15 +36,25 @@ def test_semantic_map_marks_each_object_with_its_shape_class():
         assert set(labels.unique().tolist()) == {0} | {SEMANTIC_CLASSES.index(o.shape) for o in dataset.scene(i).objects}
 
 
-def test_layout_features_hold_class_fractions_then_position():
+def test_layout_features_hold_the_class_fractions_of_each_cell():
     maps = torch.zeros(1, 4, 4, dtype=torch.int64)
     maps[0, :2, :2] = 2  # the top-left code cell of a 2x2 grid is all class 2
     maps[0, 2:, 2:3] = 1  # half of the bottom-right cell is class 1
-    features = layout_features(maps, (2, 2), 3)
-    assert features.words.shape == (1, 4, 3 + 4) and features.mask.all()
-    torch.testing.assert_close(features.words[0, :, :3], torch.tensor(
-        [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.5, 0.5, 0.0]]))
-    torch.testing.assert_close(features.words[0, :, 3:], torch.eye(4))
+    torch.testing.assert_close(layout_features(maps, (2, 2), 3), torch.tensor(
+        [[[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.5, 0.5, 0.0]]]))
+
+
+def test_cell_j_conditions_only_the_predictions_of_code_j_onwards(synthesis, codes, train_maps):
+    """Changing the layout of the last cell must leave the logits of every earlier code alone."""
+    transformer = synthesis[0].transformer.eval()
+    cells = synthesis[0].layout(train_maps[:2])
+    changed = cells.clone()
+    changed[:, -1] = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+    with torch.no_grad():
+        a = transformer(codes.indices[:2].flatten(1)[:, :-1], cells=cells)
+        b = transformer(codes.indices[:2].flatten(1)[:, :-1], cells=changed)
+    torch.testing.assert_close(a[:, :-1], b[:, :-1])
+    assert not torch.allclose(a[:, -1], b[:, -1])
 
 
 def test_training_reduces_the_loss(synthesis):
@@ -79,3 +89,13 @@ def test_foreground_iou_known_values():
     assert foreground_iou(background, maps) == 0.0
     with pytest.raises(ValueError, match="must match"):
         foreground_iou(images, maps[:1])
+
+
+def test_cells_must_match_the_transformer(synthesis, train_maps):
+    transformer = synthesis[0].transformer
+    with pytest.raises(ValueError, match="pass cells"):
+        transformer.sample(1)
+    with pytest.raises(ValueError, match=r"cells must have shape \(1, 64, 6\)"):
+        transformer.sample(1, cells=torch.zeros(1, 63, 6))
+    with pytest.raises(ValueError, match="with cell_dim = num_classes"):
+        SemanticSynthesis(transformer, C + 1)
