@@ -431,8 +431,11 @@ def _sweep_text(results: list[dict], settings: dict, seconds: float) -> str:
             f"and is scored on {budget['eval_items']} test images; an attribute classifier trained on real images "
             f"({budget['classifier_steps']} steps) scores generated images (colour/shape recall, and the Fréchet "
             "distance in its feature space — not FID). `reconstruction` is the decoder's ceiling: the test images' "
-            "own codes, decoded. Unconditional recall, scored against test scenes it was never told about, is "
-            "the chance level text-to-image recall should beat.",
+            "own codes, decoded. Semantic synthesis generates from each test image's semantic map (the shape "
+            "class of every pixel) pooled onto the code grid and is scored by layout IoU (where it draws "
+            "objects vs where the map has them). Unconditional recall and layout IoU, scored against test "
+            "scenes it was never told about, are the chance levels that text-to-image and semantic synthesis "
+            "should beat.",
             "",
             comparison_table(per_seed, plain, guided),
             "",
