@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from lgvq.comparison import Spread, comparison_table, flatten_tasks, unanimous_summary
-from lgvq.config import ExperimentConfig, load_config
+from lgvq.config import ExperimentConfig, config_to_dict, load_config
 from lgvq.data import load_dataset
 from lgvq.evaluate import EvalResult, evaluate, fit_alignment_probe
 from lgvq.logger import read_log
@@ -178,7 +178,19 @@ def _settings(steps: int, probe_steps: int, eval_size: int, task_budget) -> dict
         if not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     budget = None if task_budget is None else dataclasses.asdict(_check_task_budget(task_budget))
-    return {"steps": steps, "probe_steps": probe_steps, "eval_size": eval_size, "task_budget": budget}
+    configs = {label: _config_settings(label, steps, eval_size) for label in CONFIGS}
+    settings = {"steps": steps, "probe_steps": probe_steps, "eval_size": eval_size, "task_budget": budget,
+                "configs": configs}
+    return json.loads(json.dumps(settings))  # as metrics.json will hold them (tuples become lists)
+
+
+def _config_settings(label: str, steps: int, eval_size: int) -> dict:
+    """The training config of one demo model, less its folder and seed: editing a YAML config
+    changes the settings, so seeds trained before the edit are not reused."""
+    config = config_to_dict(demo_config(label, Path("."), steps, 0, eval_size))
+    for key in ("out_dir", "seed"):
+        config["train"].pop(key)
+    return config
 
 
 def _check_task_budget(budget):

@@ -71,6 +71,16 @@ def test_completed_seeds_are_reused_and_changed_settings_rerun(sweep, monkeypatc
     assert strip(again) == strip(before)
     with pytest.raises(AssertionError, match="trained again"):
         run_demo(out, seeds=(0, 1), task_budget=TINY_TASKS, **{**TINY, "probe_steps": 3})
+    edited = demo.demo_config
+
+    def config_with_a_new_lr(*args):
+        config = edited(*args)
+        config.optim.base_lr *= 2
+        return config
+
+    monkeypatch.setattr(demo, "demo_config", config_with_a_new_lr)  # as if a YAML config were edited
+    with pytest.raises(AssertionError, match="trained again"):
+        run_demo(out, seeds=(0, 1), task_budget=TINY_TASKS, **TINY)
 
 
 def test_a_task_missing_from_a_reused_seed_runs_on_its_saved_models(sweep, tmp_path, monkeypatch):
