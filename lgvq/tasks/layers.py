@@ -67,33 +67,29 @@ class CodeEmbedding(nn.Module):
         return self.project(self.codebook[indices]) + self.position[:, offset : offset + m]
 
 
-def encoder_stack(size: TransformerSize) -> nn.TransformerEncoder:
-    """Self-attention blocks (used causally by the AR model, bidirectionally elsewhere)."""
-    layer = nn.TransformerEncoderLayer(
-        size.width,
-        size.heads,
-        4 * size.width,
-        size.dropout,
+def _block_options(size: TransformerSize) -> dict:
+    """The layer options every task transformer shares (see TransformerSize)."""
+    return dict(
+        d_model=size.width,
+        nhead=size.heads,
+        dim_feedforward=4 * size.width,
+        dropout=size.dropout,
         activation="gelu",
         batch_first=True,
         norm_first=True,
     )
+
+
+def encoder_stack(size: TransformerSize) -> nn.TransformerEncoder:
+    """Self-attention blocks (used causally by the AR model, bidirectionally elsewhere)."""
+    layer = nn.TransformerEncoderLayer(**_block_options(size))
     # nested tensors need post-norm layers; asking for them would only warn
     return nn.TransformerEncoder(layer, size.depth, enable_nested_tensor=False)
 
 
 def decoder_stack(size: TransformerSize) -> nn.TransformerDecoder:
     """Causal self-attention + cross-attention blocks (the caption decoder)."""
-    layer = nn.TransformerDecoderLayer(
-        size.width,
-        size.heads,
-        4 * size.width,
-        size.dropout,
-        activation="gelu",
-        batch_first=True,
-        norm_first=True,
-    )
-    return nn.TransformerDecoder(layer, size.depth)
+    return nn.TransformerDecoder(nn.TransformerDecoderLayer(**_block_options(size)), size.depth)
 
 
 def causal_mask(length: int, device: torch.device) -> torch.Tensor:
