@@ -162,6 +162,15 @@ class Row:
     extra: dict = field(default_factory=dict)
 
 
+def triton_skip_reason(device: torch.device) -> str | None:
+    """Why the Triton provider cannot be timed on ``device``, or None when it can."""
+    from lgvq.kernels import HAS_TRITON
+
+    if device.type != "cuda":
+        return "needs CUDA (the CPU interpreter does not measure speed)"
+    return None if HAS_TRITON else "triton not installed"
+
+
 def skipped(provider: str, note: str, flops: float | None = None) -> Row:
     """A row for a provider that did not run (not installed, needs CUDA, ...)."""
     return Row(provider, None, None, flops, note=note)

@@ -35,6 +35,7 @@ from bench.common import (
     measure_many,
     shape_bench_main,
     skipped,
+    triton_skip_reason,
 )
 from lgvq.ops.nearest import nearest_code
 
@@ -144,12 +145,9 @@ def run_shape(n: int, k: int, d: int, dtype: torch.dtype, device: torch.device, 
         case("lgvq torch", lambda: nearest_code(x, codebook, backend="torch"),
              check=lambda: nearest_code(x, codebook, backend="torch")[0])
     if want("triton"):
-        from lgvq.kernels import HAS_TRITON
-
-        if device.type != "cuda":
-            entries.append(skipped("lgvq triton", "needs CUDA (the CPU interpreter does not measure speed)", flops))
-        elif not HAS_TRITON:
-            entries.append(skipped("lgvq triton", "triton not installed", flops))
+        why = triton_skip_reason(device)
+        if why is not None:
+            entries.append(skipped("lgvq triton", why, flops))
         else:
             case("lgvq triton", lambda: nearest_code(x, codebook, backend="triton"),
                  check=lambda: nearest_code(x, codebook, backend="triton")[0])

@@ -35,6 +35,7 @@ from bench.common import (
     measure_many,
     shape_bench_main,
     skipped,
+    triton_skip_reason,
 )
 from bench.nearest import (
     CPU_SHAPES,
@@ -136,12 +137,9 @@ def run_shape(n: int, k: int, d: int, dtype: torch.dtype, device: torch.device, 
     if want("torch"):
         case("lgvq torch", make_step(lgvq_quantize("torch"), z, codebook, g))
     if want("triton"):
-        from lgvq.kernels import HAS_TRITON
-
-        if device.type != "cuda":
-            entries.append(skipped("lgvq triton", "needs CUDA (the CPU interpreter does not measure speed)", flops))
-        elif not HAS_TRITON:
-            entries.append(skipped("lgvq triton", "triton not installed", flops))
+        why = triton_skip_reason(device)
+        if why is not None:
+            entries.append(skipped("lgvq triton", why, flops))
         else:
             case("lgvq triton", make_step(lgvq_quantize("triton"), z, codebook, g))
     if want("vqp"):

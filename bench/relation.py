@@ -23,8 +23,15 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from bench.common import default_device, format_table, measure, set_cpu_threads, skipped, write_results
-from lgvq.kernels import HAS_TRITON
+from bench.common import (
+    default_device,
+    format_table,
+    measure,
+    set_cpu_threads,
+    skipped,
+    triton_skip_reason,
+    write_results,
+)
 from lgvq.ops.relation import relation_alignment_loss, relation_alignment_reference
 
 SHAPES = [(32, 30, 256, 512), (8, 77, 1024, 768)]  # (B, L, M, Dt)
@@ -100,11 +107,11 @@ def bench_shape(shape, device, *, repeats, budget_s):
         check_and_measure("eager", released_style_loss, inputs, expected, device, **timing),
         check_and_measure("vectorised", relation_alignment_reference, inputs, expected, device, **timing),
     ]
-    if device.type == "cuda" and HAS_TRITON:
+    why = triton_skip_reason(device)
+    if why is None:
         triton_loss = partial(relation_alignment_loss, backend="triton")
         rows.append(check_and_measure("lgvq triton", triton_loss, inputs, expected, device, **timing))
     else:
-        why = "needs CUDA (the CPU interpreter does not measure speed)" if HAS_TRITON else "triton not installed"
         rows.append(skipped("lgvq triton", why, timing["flops"]))
     rows.append(compiled_reference_row(inputs, expected, device, **timing))
     return format_table(f"B={B}, L={L}, M={M}, Dt={Dt} · fp32 · forward + backward", rows)
