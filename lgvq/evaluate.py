@@ -49,7 +49,8 @@ def _loader(dataset, batch_size: int):
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
 
 
-def _unit(images: torch.Tensor) -> torch.Tensor:
+def unit_range(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] (the models' range) → [0, 1] (what torchmetrics' image metrics take)."""
     return ((images.float() + 1) / 2).clamp(0, 1)
 
 
@@ -112,7 +113,7 @@ def evaluate(
     for batch in tqdm(_loader(dataset, batch_size), desc="eval", disable=not progress, leave=False):
         images = batch["image"].to(device)
         out = model(images)
-        real, fake = _unit(images), _unit(out.x_rec)
+        real, fake = unit_range(images), unit_range(out.x_rec)
         psnr.update(fake, real)
         ssim.update(fake, real)
         if fid is not None:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lgvq.checks import check_tensor
-from lgvq.evaluate import fid_metric
+from lgvq.evaluate import fid_metric, unit_range
 from lgvq.tasks.evaluation import AttributeClassifier, frechet_distance, presence_recall
 
 
@@ -71,7 +71,7 @@ class FIDScorer:
     def _update(self, images: torch.Tensor, real: bool) -> None:
         device = self.metric.device
         for chunk in images.split(self.batch_size):
-            self.metric.update(((chunk.float() + 1) / 2).clamp(0, 1).to(device), real=real)
+            self.metric.update(unit_range(chunk).to(device), real=real)
 
     def scores(self, images: torch.Tensor) -> dict[str, float]:
         check_tensor("images", images, ndim=4)
