@@ -46,6 +46,13 @@ def _figure():
     return plt
 
 
+def _save(fig, path: str | Path, **options) -> Path:
+    """Write a matplotlib figure at the pictures' resolution and free it."""
+    fig.savefig(path, dpi=120, **options)
+    _figure().close(fig)
+    return Path(path)
+
+
 def save_usage_histogram(counts: dict[str, torch.Tensor], path: str | Path) -> Path:
     """Sorted per-code usage of several models on one plot (the paper's usage figure style)."""
     plt = _figure()
@@ -60,9 +67,7 @@ def save_usage_histogram(counts: dict[str, torch.Tensor], path: str | Path) -> P
     ax.set_yscale("log")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def save_similarity_heatmaps(panels: dict[str, np.ndarray], labels: list[str], path: str | Path) -> Path:
@@ -76,9 +81,7 @@ def save_similarity_heatmaps(panels: dict[str, np.ndarray], labels: list[str], p
         ax.set_xticks(range(len(labels)), labels, rotation=60, fontsize=7)
         ax.set_yticks(range(len(labels)), labels, fontsize=7)
     fig.colorbar(im, ax=list(axes), shrink=0.8)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, bbox_inches="tight")
 
 
 def save_training_curves(logs: dict[str, list[dict]], path: str | Path) -> Path:
@@ -95,6 +98,4 @@ def save_training_curves(logs: dict[str, list[dict]], path: str | Path) -> Path:
         ax.set_xlabel("step")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
