@@ -11,9 +11,8 @@ seed, two models differ only in their codes and codebook.
 
 Data with ground-truth scenes (the embedded shapes) gets every task and the attribute
 scorer; other captioned data (CUB, CelebA, COCO, TextCaps, a folder) gets every task but VQA
-and semantic synthesis,
-with caption metrics against the dataset's own captions and, given Inception weights
-(``fid_features``), FID of generated images against the real test images.
+and semantic synthesis, with caption metrics against the dataset's own captions and, given
+Inception weights (``fid_features``), FID of generated images against the real test images.
 """
 
 from __future__ import annotations
