@@ -1,11 +1,12 @@
 """Evaluation of a trained VQ model: reconstruction, codebook and language-alignment metrics.
 
-* PSNR and SSIM (torchmetrics) of reconstructions, on images mapped to [0, 1];
+* PSNR (``psnr``: the mean of per-image PSNRs) and SSIM (torchmetrics) of reconstructions;
 * codebook usage (% of codes used on the evaluation set) and perplexity of its histogram;
 * with a LanguageGuidance head: masked-word recall@1 (1 and 3 words masked per caption,
   leak-free) and word–code similarity MSE (the paper's Tables 3 and 4);
 * FID when the user gives local Inception weights (torchmetrics + torch-fidelity's
-  feature extractor, nothing downloaded).
+  feature extractor, nothing downloaded). ``frechet_distance`` of precomputed features goes
+  through the same torchmetrics metric, so lgvq has one Fréchet-distance implementation.
 
 ``fit_alignment_probe`` trains a fresh guidance head on a *frozen* model's codes, so models
 trained without language (which have no head) are measured the same way as LG-VQ models.
@@ -16,8 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
+from lgvq.checks import check_tensor
 from lgvq.data import collate
 from lgvq.guidance import LanguageGuidance
 from lgvq.quantize import perplexity_from_counts
@@ -83,6 +86,69 @@ def fid_metric(feature_extractor, device: torch.device, keep_real: bool = False)
     return metric.to(device)
 
 
+class _PrecomputedFeatures(nn.Module):
+    """The identity as torchmetrics' feature network: FID's statistics of given features."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
+    """‖μa − μb‖² + tr(Σa + Σb − 2 (Σa Σb)^½) between Gaussians fitted to two feature sets.
+
+    Computed (in float64) by the torchmetrics metric that ``fid_metric`` builds, fed with
+    the features themselves, so FID and this distance cannot drift apart.
+    """
+    for name, t in (("features_a", features_a), ("features_b", features_b)):
+        check_tensor(name, t, ndim=2)
+        if len(t) < 2:
+            raise ValueError(f"{name} needs at least 2 rows to estimate a covariance, got {len(t)}")
+    if features_a.shape[1] != features_b.shape[1]:
+        raise ValueError(
+            "features_a and features_b must have the same width, got "
+            f"{features_a.shape[1]} and {features_b.shape[1]}"
+        )
+    metric = fid_metric(_PrecomputedFeatures(features_a.shape[1]), features_a.device)
+    metric.update(features_a.double(), real=True)
+    metric.update(features_b.to(features_a.device, torch.float64), real=False)
+    return float(metric.compute())
+
+
+def psnr_per_image(images: torch.Tensor, reference: torch.Tensor, *, from_row: int = 0) -> torch.Tensor:
+    """(N,) float64 PSNR in dB of each image in [-1, 1] against its reference, over pixel
+    rows ``from_row`` onwards (e.g. a completed lower half).
+
+    Images are scored as they would be saved: clamped to [-1, 1] (peak-to-peak 2, the same
+    value as PSNR on [0, 1] with peak 1). A perfect match scores about 126 dB (the MSE is floored
+    at 1e-12) rather than infinity, so that means stay finite.
+    """
+    check_tensor("images", images, ndim=4)
+    check_tensor("reference", reference, ndim=4)
+    if images.shape != reference.shape:
+        raise ValueError(
+            f"images {tuple(images.shape)} and reference {tuple(reference.shape)} differ in shape"
+        )
+    if not 0 <= from_row < images.shape[2]:
+        raise ValueError(f"from_row must be in [0, {images.shape[2]}), got {from_row}")
+    a, b = (x[:, :, from_row:].double().clamp(-1, 1) for x in (images, reference.to(images.device)))
+    mse = (a - b).square().mean(dim=(1, 2, 3)).clamp(min=1e-12)
+    return 10 * torch.log10(4.0 / mse)
+
+
+def psnr(images: torch.Tensor, reference: torch.Tensor, *, from_row: int = 0) -> float:
+    """lgvq's one PSNR: the mean over images of each image's PSNR (``psnr_per_image``).
+
+    Per image rather than over the pooled set (10·log10(1 / set MSE), torchmetrics' default):
+    each image counts once whatever its error, the value does not depend on how the set is
+    batched, and it is the average PSNR that reconstruction tables report.
+    """
+    return float(psnr_per_image(images, reference, from_row=from_row).mean())
+
+
 @torch.no_grad()
 def evaluate(
     model,
@@ -97,11 +163,11 @@ def evaluate(
     progress: bool = True,
 ) -> EvalResult:
     """Metrics of ``model`` on ``dataset`` (and of ``guidance``'s alignment, when given)."""
-    from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+    from torchmetrics.image import StructuralSimilarityIndexMeasure
 
     device = torch.device(device)
     model.eval()
-    psnr = PeakSignalNoiseRatio(data_range=1.0).to(device)
+    psnr_sum, images_seen = 0.0, 0
     ssim = StructuralSimilarityIndexMeasure(data_range=1.0).to(device)
     fid = fid_metric(inception_weights, device) if inception_weights else None
     counts = torch.zeros(model.config.n_embed, dtype=torch.long, device=device)
@@ -114,7 +180,8 @@ def evaluate(
         images = batch["image"].to(device)
         out = model(images)
         real, fake = unit_range(images), unit_range(out.x_rec)
-        psnr.update(fake, real)
+        psnr_sum += float(psnr_per_image(out.x_rec, images).sum())
+        images_seen += len(images)
         ssim.update(fake, real)
         if fid is not None:
             fid.update(real, real=True)
@@ -129,7 +196,7 @@ def evaluate(
             sse, pairs = guidance.word_code_similarity_mse(out.z_q, text)
             mse_sum, mse_pairs = mse_sum + sse, mse_pairs + pairs
     return EvalResult(
-        psnr=float(psnr.compute()),
+        psnr=psnr_sum / max(images_seen, 1),
         ssim=float(ssim.compute()),
         usage_percent=100.0 * float((counts > 0).float().mean()),
         perplexity=float(perplexity_from_counts(counts)),

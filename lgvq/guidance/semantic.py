@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,13 +19,16 @@ def global_semantic_alignment_loss(
 ) -> torch.Tensor:
     """Lgsa: −log(exp(ĝ_i·ŝ_i/τ) / (Σ_j exp(ĝ_i·ŝ_j/τ) + 1e-6)), averaged over the batch.
 
-    The sentence features are targets: detached.
+    The sentence features are targets: detached. The denominator is taken in log space,
+    log(Σ_j exp(l_ij) + ε) = logaddexp(logsumexp_j l_ij, log ε), so that small temperatures
+    (|l| > 88 overflows exp in fp32, i.e. τ below about 0.011) stay finite.
     """
     g = F.normalize(global_tokens.float(), dim=-1)
     s = F.normalize(sentences.detach().float(), dim=-1)
     logits = g @ s.t() / temperature
-    positives = logits.diagonal()
-    return -(positives - torch.log(logits.exp().sum(dim=1) + GSA_EPS)).mean()
+    log_eps = torch.tensor(math.log(GSA_EPS), device=logits.device)
+    log_denominator = torch.logaddexp(torch.logsumexp(logits, dim=1), log_eps)
+    return (log_denominator - logits.diagonal()).mean()
 
 
 def sample_mask_ratio(generator: torch.Generator | None = None, mean: float = 0.5, std: float = 0.1,

@@ -23,6 +23,7 @@ from torch import nn
 from lgvq.checks import check_tensor
 from lgvq.data import COLOURS, SHAPES
 from lgvq.data.shapes import BACKGROUND
+from lgvq.evaluate import frechet_distance, psnr  # noqa: F401 (lgvq's one definition of each, re-exported)
 from lgvq.tasks.text_features import check_texts
 from lgvq.tasks.training import TrainSettings, train_network
 
@@ -144,44 +145,6 @@ def presence_recall(predicted: torch.Tensor, target: torch.Tensor) -> dict[str, 
 
 
 # --- distances between image sets --------------------------------------------------------
-
-
-def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
-    """‖μa − μb‖² + tr(Σa + Σb − 2 (Σa Σb)^½) between Gaussians fitted to two feature sets.
-
-    tr((Σa Σb)^½) is the sum of the square roots of the eigenvalues of Σa Σb (the product
-    of two PSD matrices has real non-negative eigenvalues; round-off is discarded).
-    """
-    for name, t in (("features_a", features_a), ("features_b", features_b)):
-        check_tensor(name, t, ndim=2)
-        if len(t) < 2:
-            raise ValueError(f"{name} needs at least 2 rows to estimate a covariance, got {len(t)}")
-    if features_a.shape[1] != features_b.shape[1]:
-        raise ValueError(
-            "features_a and features_b must have the same width, got "
-            f"{features_a.shape[1]} and {features_b.shape[1]}"
-        )
-    a, b = features_a.double(), features_b.double()
-    cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
-    mean_term = (a.mean(0) - b.mean(0)).square().sum()
-    root_trace = torch.linalg.eigvals(cov_a @ cov_b).sqrt().real.sum()
-    return float(mean_term + cov_a.trace() + cov_b.trace() - 2 * root_trace)
-
-
-def psnr(images: torch.Tensor, reference: torch.Tensor, *, from_row: int = 0) -> float:
-    """Mean per-image PSNR (dB) of images in [-1, 1] (peak-to-peak 2), over pixel rows
-    ``from_row`` onwards (e.g. the completed lower half)."""
-    check_tensor("images", images, ndim=4)
-    check_tensor("reference", reference, ndim=4)
-    if images.shape != reference.shape:
-        raise ValueError(
-            f"images {tuple(images.shape)} and reference {tuple(reference.shape)} differ in shape"
-        )
-    if not 0 <= from_row < images.shape[2]:
-        raise ValueError(f"from_row must be in [0, {images.shape[2]}), got {from_row}")
-    diff = images[:, :, from_row:].double() - reference[:, :, from_row:].double()
-    mse = diff.square().mean(dim=(1, 2, 3)).clamp(min=1e-12)
-    return float((10 * torch.log10(4.0 / mse)).mean())
 
 
 def foreground_iou(images: torch.Tensor, maps: torch.Tensor, *, threshold: float = 0.25) -> float:

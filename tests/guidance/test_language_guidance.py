@@ -54,6 +54,23 @@ def test_gsa_sentence_is_a_detached_target():
     assert g.grad is not None and s.grad is None
 
 
+def test_gsa_is_finite_and_exact_at_a_tiny_temperature():
+    """τ = 0.005 puts logits near ±200, past fp32's exp range: the fp32 loss and its gradient
+    must still equal the naive formula evaluated in float64 (where exp(200) is finite)."""
+    gen = torch.Generator().manual_seed(3)
+    g = torch.randn(5, 8, generator=gen, requires_grad=True)
+    s = torch.randn(5, 8, generator=gen)
+    got = global_semantic_alignment_loss(g, s, temperature=0.005)
+    got.backward()
+    g64 = g.detach().double().requires_grad_(True)
+    logits = F.normalize(g64, dim=-1) @ F.normalize(s.double(), dim=-1).t() / 0.005
+    expected = -(logits.diagonal() - torch.log(logits.exp().sum(1) + 1e-6)).mean()
+    expected.backward()
+    assert logits.abs().max() > 100  # fp32 exp would overflow here
+    assert torch.isfinite(got) and got.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.allclose(g.grad.double(), g64.grad, rtol=1e-4, atol=1e-6)
+
+
 def test_mask_ratio_is_truncated_normal_in_range():
     gen = torch.Generator().manual_seed(0)
     draws = torch.tensor([sample_mask_ratio(gen) for _ in range(2000)])

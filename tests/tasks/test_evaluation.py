@@ -120,6 +120,18 @@ def test_psnr_known_values():
         psnr(images, images, from_row=8)
 
 
+def test_psnr_is_the_mean_of_per_image_psnrs_on_clamped_images():
+    """MSEs 0.04 and 0.0004 in [-1, 1] units are 20 and 40 dB: their mean is 30 dB, where
+    the PSNR of the pooled MSE would be 10·log10(4 / 0.0202) ≈ 23 dB."""
+    reference = torch.zeros(2, 3, 4, 4)
+    images = reference.clone()
+    images[0] += 0.2
+    images[1] += 0.02
+    assert psnr(images, reference) == pytest.approx(30.0)
+    # values past the image range are clamped, as a saved image would be
+    assert psnr(torch.full((1, 3, 4, 4), 1.5), torch.ones(1, 3, 4, 4)) == pytest.approx(10 * math.log10(4e12))
+
+
 def obj(colour: str, shape: str) -> ShapeObject:
     return ShapeObject(shape, colour, "small", "center", (0.4, 0.4, 0.6, 0.6))
 

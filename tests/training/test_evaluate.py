@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from lgvq.data import ShapesDataset, collate
-from lgvq.evaluate import evaluate
+from lgvq.evaluate import evaluate, psnr
 from lgvq.models import build_model
 from lgvq.tasks import frechet_distance
 
@@ -24,3 +24,15 @@ def test_fid_of_reconstructions_is_the_frechet_distance_of_their_features():
         expected = frechet_distance(features(unit(fake)), features(unit(images)))
     assert result.fid == pytest.approx(expected, rel=1e-3, abs=1e-5)
     assert 0 < result.psnr < 60 and 0 < result.usage_percent <= 100
+
+
+def test_evaluate_reports_lgvq_psnr_of_the_reconstructions():
+    """evaluate's PSNR is lgvq.evaluate.psnr (per-image mean) over the whole set, however batched."""
+    torch.manual_seed(0)
+    model = build_model("vqvae-tiny").eval()
+    dataset = ShapesDataset(7, 32, 0, split="test")
+    result = evaluate(model, dataset, batch_size=3, progress=False)
+    images = collate([dataset[i] for i in range(len(dataset))])["image"]
+    with torch.no_grad():
+        expected = psnr(model(images).x_rec, images)
+    assert result.psnr == pytest.approx(expected, rel=1e-6)
