@@ -1,18 +1,22 @@
-"""Checkpoints that lose nothing: written atomically, resumed exactly.
+"""Checkpoints that lose nothing: written atomically, resumed exactly, found again after a crash.
 
 A checkpoint is a folder ``step_<step, 8 digits>/`` holding ``model.safetensors`` (every trained
 module's weights, prefixed by its name) and ``state.pt`` (optimizer states, step, RNG
 states, config). It is written to a temporary folder and renamed into place, so a crash
 mid-write leaves the previous checkpoint untouched; ``latest`` is a small text file
-replaced atomically.
+replaced atomically. When ``latest`` is missing or names no complete checkpoint, the newest
+complete checkpoint that loads is used, with a warning saying which. A file that does not
+load raises ``CheckpointError``, one line naming the file and the previous good checkpoint.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +24,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 LATEST = "latest"
+WEIGHTS = "model.safetensors"
+STATE = "state.pt"
+TMP_PREFIX = ".tmp-"  # every temporary entry a writer makes in a checkpoint folder
+_STEP_NAME = re.compile(r"step_(\d+)")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message says which file and what to use instead."""
+
+
+class CheckpointFallbackWarning(UserWarning):
+    """``latest`` was unusable and an older complete checkpoint was picked."""
 
 
 def _module_tensors(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
@@ -45,13 +61,47 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+def atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX)
     with os.fdopen(fd, "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    """The step of a ``step_<N>`` checkpoint folder, or None for any other name."""
+    match = _STEP_NAME.fullmatch(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def step_folders(directory: str | Path) -> list[Path]:
+    """The ``step_<N>`` folders of ``directory``, oldest step first (complete or not)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.iterdir() if p.is_dir() and checkpoint_step(p) is not None]
+    return sorted(found, key=checkpoint_step)
+
+
+def is_complete(path: Path) -> bool:
+    return (path / WEIGHTS).is_file() and (path / STATE).is_file()
+
+
+def remove_stale_temporaries(directory: str | Path) -> int:
+    """Delete what interrupted writers left in ``directory`` (``.tmp-*``); returns how many.
+
+    Only safe while no other process writes there: the trainer calls it holding the run lock.
+    """
+    directory = Path(directory)
+    stale = list(directory.glob(TMP_PREFIX + "*")) if directory.is_dir() else []
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return len(stale)
 
 
 def save_checkpoint(
@@ -62,54 +112,142 @@ def save_checkpoint(
     extra: dict | None = None,
     keep: int = 2,
 ) -> Path:
-    """Write ``directory/step_<step>/`` atomically, point ``latest`` at it, keep the newest ``keep``."""
+    """Write ``directory/step_<step>/`` atomically, point ``latest`` at it and keep it and
+    the ``keep - 1`` newest complete checkpoints before it. Checkpoints of later steps are
+    never pruned: they are not older, whatever a resume from an earlier step left behind."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step_{step:08d}"
-    tmp = Path(tempfile.mkdtemp(dir=directory, prefix=".tmp-ckpt-"))
+    tmp = Path(tempfile.mkdtemp(dir=directory, prefix=TMP_PREFIX + "ckpt-"))
     try:
-        save_file(_module_tensors(modules), str(tmp / "model.safetensors"))
+        save_file(_module_tensors(modules), str(tmp / WEIGHTS))
         state = {
             "step": step,
             "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
             "rng": rng_state(),
             "extra": extra or {},
         }
-        torch.save(state, tmp / "state.pt")
+        torch.save(state, tmp / STATE)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _atomic_write_text(directory / LATEST, final.name)
-    for old in sorted(directory.glob("step_*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    atomic_write_text(directory / LATEST, final.name)
+    _prune_before(directory, step, keep - 1)
     return final
 
 
-def latest_checkpoint(directory: str | Path) -> Path | None:
-    directory = Path(directory)
+def _prune_before(directory: Path, step: int, keep: int) -> None:
+    """Delete the checkpoints of steps before ``step`` but the ``keep`` newest complete ones."""
+    earlier = [p for p in step_folders(directory) if checkpoint_step(p) < step]
+    kept = [p for p in earlier if is_complete(p)][-keep:] if keep > 0 else []
+    for old in earlier:
+        if old not in kept:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def _read_weights(file: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(file))
+
+
+def _read_state(file: Path) -> dict:
+    state = torch.load(file, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or not {"step", "optimizers", "rng"} <= state.keys():
+        raise ValueError("not a checkpoint state (needs step, optimizers and rng)")
+    return state
+
+
+def _load_failure(folder: Path) -> str | None:
+    """Why ``folder``'s checkpoint does not load (a file and a reason), or None if it does."""
+    for file, read in ((folder / WEIGHTS, _read_weights), (folder / STATE, _read_state)):
+        try:
+            read(file)
+        except Exception as error:  # noqa: BLE001 - any failure to read makes the file unusable
+            return f"{file} ({_first_line(error)})"
+    return None
+
+
+def previous_good_checkpoint(folder: Path) -> Path | None:
+    """The newest complete, loadable checkpoint of an earlier step than ``folder``'s."""
+    step = checkpoint_step(folder)
+    if step is None:
+        return None
+    earlier = [p for p in step_folders(folder.parent) if checkpoint_step(p) < step and is_complete(p)]
+    return next((p for p in reversed(earlier) if _load_failure(p) is None), None)
+
+
+def _corrupt(file: Path, error: BaseException) -> CheckpointError:
+    message = f"{file} is corrupt or truncated ({_first_line(error)})"
+    if checkpoint_step(file.parent) is None:  # a loose file, not part of a run's checkpoints
+        return CheckpointError(message)
+    previous = previous_good_checkpoint(file.parent)
+    advice = (f"the previous good checkpoint is {previous}" if previous is not None
+              else "there is no earlier loadable checkpoint")
+    return CheckpointError(f"{message}; {advice}")
+
+
+def _pointed_checkpoint(directory: Path) -> tuple[Path | None, str]:
+    """The complete checkpoint ``latest`` names, or None and what is wrong with ``latest``."""
     pointer = directory / LATEST
     if not pointer.is_file():
-        return None
-    path = directory / pointer.read_text().strip()
-    return path if (path / "state.pt").is_file() else None
+        return None, f"{pointer} is missing"
+    try:
+        name = pointer.read_text().strip()
+    except (OSError, UnicodeDecodeError) as error:
+        return None, f"{pointer} is unreadable ({_first_line(error)})"
+    target = directory / name
+    if checkpoint_step(name) is None or not is_complete(target):
+        return None, f"{pointer} names {name!r}, which is not a complete checkpoint"
+    return target, ""
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    """The checkpoint ``latest`` names; when ``latest`` is missing or broken, the newest complete
+    checkpoint that loads (warning which). None when the folder holds no usable checkpoint."""
+    directory = Path(directory)
+    target, problem = _pointed_checkpoint(directory)
+    if target is not None:
+        return target
+    skipped = []
+    for candidate in reversed(step_folders(directory)):
+        failure = _load_failure(candidate) if is_complete(candidate) else f"{candidate} is incomplete"
+        if failure is None:
+            unusable = "".join(f"; skipped {s}" for s in skipped)
+            warnings.warn(f"{problem}{unusable}; using {candidate}, the newest complete checkpoint",
+                          CheckpointFallbackWarning, stacklevel=2)
+            return candidate
+        skipped.append(failure)
+    return None
 
 
 def load_weights(path: str | Path, modules: dict[str, torch.nn.Module], strict: bool = True) -> None:
     """Load ``model.safetensors`` of a checkpoint folder into the named modules."""
     path = Path(path)
-    file = path / "model.safetensors" if path.is_dir() else path
+    file = path / WEIGHTS if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"no checkpoint weights at {file}")
-    tensors = load_file(str(file))
+    try:
+        tensors = _read_weights(file)
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
+        raise _corrupt(file, error) from error
     for name, module in modules.items():
         prefix = name + "."
         own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         if strict and not own and module.state_dict():
-            raise ValueError(f"checkpoint {file} has no weights for {name!r}")
-        module.load_state_dict(own, strict=strict)
+            raise CheckpointError(f"checkpoint {file} has no weights for {name!r}")
+        try:
+            module.load_state_dict(own, strict=strict)
+        except RuntimeError as error:
+            raise CheckpointError(
+                f"{file}: the weights of {name!r} do not fit the model built from the config ({_first_line(error)})"
+            ) from error
 
 
 def load_checkpoint(
@@ -118,8 +256,17 @@ def load_checkpoint(
     """Restore weights, optimizer states and RNG states; return the saved state (step, extra)."""
     path = Path(path)
     load_weights(path, modules)
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    file = path / STATE
+    try:
+        state = _read_state(file)
+    except Exception as error:  # noqa: BLE001 - torch.load raises many error types
+        raise _corrupt(file, error) from error
     for name, opt in optimizers.items():
-        opt.load_state_dict(state["optimizers"][name])
+        if name not in state["optimizers"]:
+            raise CheckpointError(f"{file} has no state for optimizer {name!r}")
+        try:
+            opt.load_state_dict(state["optimizers"][name])
+        except ValueError as error:
+            raise CheckpointError(f"{file}: optimizer {name!r} does not fit ({_first_line(error)})") from error
     set_rng_state(state["rng"])
     return state

@@ -44,7 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="YAML config (default: built-in defaults)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.steps=200 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    existing.add_argument("--archive", action="store_const", dest="existing", const="archive", default="refuse",
+                          help="start afresh; move a run already in train.out_dir to <out_dir>/archive/<UTC time>/")
+    existing.add_argument("--overwrite", action="store_const", dest="existing", const="overwrite",
+                          help="start afresh; delete a run already in train.out_dir")
 
     p = sub.add_parser("eval", help="PSNR, SSIM, codebook usage, perplexity, alignment metrics (and FID)")
     _add_run_args(p)
@@ -92,7 +97,7 @@ def cmd_train(args) -> None:
     from lgvq.train import train
 
     config = load_config(args.config, args.overrides)
-    train(config, resume=args.resume)
+    train(config, resume=args.resume, existing=args.existing)
     print(f"run folder: {config.train.out_dir}")
 
 

@@ -72,7 +72,7 @@ def _train_and_evaluate(label: str, out_dir: Path, steps: int, probe_steps: int,
                         progress: bool) -> ModelReport:
     config = demo_config(label, out_dir, steps, seed, eval_size)
     start = time.perf_counter()
-    run = train(config, progress=progress)
+    run = train(config, progress=progress, existing="overwrite")  # a seed is rerun only when its settings changed
     seconds = time.perf_counter() - start
     val = load_dataset(**dataset_args(config, config.data.eval_split, config.data.eval_size))
     encoder = run.guidance.text_encoder if run.guidance is not None else _text_encoder()

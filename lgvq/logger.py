@@ -10,7 +10,7 @@ from pathlib import Path
 class RunLogger:
     """Appends to ``out_dir/metrics.jsonl``, which first keeps only the records up to
     ``start_step``: a fresh run (0) starts an empty log, and a resume drops what was logged
-    after its checkpoint, so no step appears twice."""
+    after its checkpoint, so no step appears twice (in TensorBoard too)."""
 
     def __init__(self, out_dir: str | Path, tensorboard: bool = True, enabled: bool = True, start_step: int = 0):
         self.enabled = enabled  # False on non-zero ranks: only rank 0 writes
@@ -24,7 +24,10 @@ class RunLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+            # A resume opens a new event file; purge_step tells TensorBoard to drop what the
+            # earlier files logged after the checkpoint, so every step shows once, as here.
+            purge = start_step + 1 if start_step else None
+            self.writer = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=purge)
 
     def log(self, step: int, metrics: dict, prefix: str = "train") -> None:
         if not self.enabled:

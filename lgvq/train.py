@@ -29,12 +29,20 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from lgvq.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from lgvq.config import ExperimentConfig, config_to_dict
+from lgvq.checkpoint import (
+    atomic_write_text,
+    checkpoint_step,
+    latest_checkpoint,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
+from lgvq.config import ExperimentConfig, config_from_dict, config_to_dict
 from lgvq.data import collate, load_dataset
 from lgvq.guidance import LanguageGuidance
 from lgvq.logger import RunLogger
 from lgvq.models.registry import build_loss, build_model
+from lgvq.run_folder import RunFolderError, RunFolderLock, check_resume_config, clear_for_fresh_run
 from lgvq.visualize import save_image_grid
 
 
@@ -228,32 +236,77 @@ def save_reconstructions(run: Run, images: torch.Tensor, path: Path) -> None:
     save_image_grid([images, rec.float()], path)
 
 
-def train(config: ExperimentConfig, resume: bool = False, progress: bool = True) -> Run:
+def train(config: ExperimentConfig, resume: bool = False, progress: bool = True, existing: str = "refuse") -> Run:
     """Train ``config`` into ``config.train.out_dir``; returns the trained Run.
 
     ``resume`` continues from the latest checkpoint. A single-process resume is bit-exact; a
     resume under torchrun (with any world size) restores weights, optimizer states and the
     data position, while the ranks' RNG streams restart from rank 0's saved state.
+    ``existing``: what a fresh run does with a run already in the folder: "refuse"
+    (RunFolderError), "archive" (moved to ``<out_dir>/archive/<UTC time>/``) or "overwrite".
+    The folder is locked while training: a second trainer on it is refused (lgvq.run_folder).
+    """
+    if resume and existing != "refuse":
+        raise ValueError(f"resume continues the run in the folder; existing={existing!r} is for fresh runs only")
+    rank, world = init_distributed(resolve_device(config.train.device))
+    if rank != 0:  # rank 0 owns the folder; the others only read its checkpoints
+        return _train(config, resume, progress, existing, rank, world)
+    with RunFolderLock(config.train.out_dir):
+        return _train(config, resume, progress, existing, rank, world)
+
+
+def resume_checkpoint(ckpt_dir: Path) -> Path:
+    latest = latest_checkpoint(ckpt_dir)
+    if latest is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
+    return latest
+
+
+def open_run_folder(config: ExperimentConfig, resume: bool, existing: str) -> Path | None:
+    """Ready the locked run folder: the checkpoint to resume from, or None for a fresh run.
+
+    Every refusal comes before anything is written; the only changes are the removal of
+    temporaries that interrupted runs left, and the archive or overwrite asked for.
     """
     out_dir = Path(config.train.out_dir)
-    rank, world = init_distributed(resolve_device(config.train.device))
+    ckpt_dir = out_dir / "checkpoints"
+    remove_stale_temporaries(ckpt_dir)  # safe: the lock keeps every other writer out
+    if not resume:
+        clear_for_fresh_run(out_dir, existing)
+        return None
+    checkpoint = resume_checkpoint(ckpt_dir)
+    saved = out_dir / "config.json"
+    if saved.is_file():
+        check_resume_config(config_to_dict(config_from_dict(json.loads(saved.read_text()))), config_to_dict(config),
+                            saved)
+    step = checkpoint_step(checkpoint)
+    if config.train.steps < step:
+        raise RunFolderError(
+            f"train.steps={config.train.steps} is before the checkpoint {checkpoint} (step {step}); "
+            f"a resume trains up to train.steps, so it must be >= {step}"
+        )
+    return checkpoint
+
+
+def _train(config: ExperimentConfig, resume: bool, progress: bool, existing: str, rank: int, world: int) -> Run:
+    out_dir = Path(config.train.out_dir)
     lead = rank == 0
+    ckpt_dir = out_dir / "checkpoints"
     if lead:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=2))
+        checkpoint = open_run_folder(config, resume, existing)
+    else:
+        checkpoint = resume_checkpoint(ckpt_dir) if resume else None
     seed_everything(config.train.seed)  # identical initial weights on every rank
     run = build_run(config)
     run.world = world
     seed_everything(config.train.seed + rank)  # ranks draw different dropout and masks
     dataset = load_dataset(**dataset_args(config, config.data.split, config.data.size))
     optimizers = make_optimizers(run)
-    ckpt_dir = out_dir / "checkpoints"
     step = 0
-    if resume:
-        latest = latest_checkpoint(ckpt_dir)
-        if latest is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
-        step = load_checkpoint(latest, run.modules(), optimizers)["step"]
+    if checkpoint is not None:
+        step = load_checkpoint(checkpoint, run.modules(), optimizers)["step"]
+    if lead:  # only once the checkpoint has loaded: a refused resume leaves the folder as it was
+        atomic_write_text(out_dir / "config.json", json.dumps(config_to_dict(config), indent=2))
     preview = torch.stack([dataset[i]["image"] for i in range(min(8, len(dataset)))]).to(run.device)
     logger = RunLogger(out_dir, tensorboard=config.train.tensorboard, enabled=lead, start_step=step)
     batches = batches_from(dataset, config, step, rank, run.world)

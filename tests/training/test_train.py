@@ -7,16 +7,10 @@ import torch
 
 import lgvq.checkpoint as checkpoint_mod
 from lgvq.checkpoint import latest_checkpoint, load_weights, save_checkpoint
-from lgvq.config import load_config
 from lgvq.logger import read_log
 from lgvq.train import build_run, train
 
-
-def tiny_config(tmp_path, *extra):
-    return load_config(None, [
-        f"train.out_dir={tmp_path}", "train.log_every=1", "train.image_every=2", "train.ckpt_every=2",
-        "train.tensorboard=false", "data.batch_size=4", "data.size=16", "optim.base_lr=1e-4", *extra,
-    ])
+from .conftest import tiny_config
 
 
 @pytest.mark.parametrize("name", ["vqvae-tiny", "vqgan-tiny", "cvq-tiny"])
@@ -64,7 +58,7 @@ def test_log_has_each_step_once_after_resume_and_rerun(tmp_path):
     # a resume from the step-2 checkpoint replaces step 3, which the first run had logged
     train(tiny_config(tmp_path, "train.steps=4", "train.ckpt_every=2"), resume=True, progress=False)
     assert _logged_steps(tmp_path) == [1, 2, 3, 4]
-    train(tiny_config(tmp_path, "train.steps=2"), progress=False)  # a fresh run in the same folder
+    train(tiny_config(tmp_path, "train.steps=2"), progress=False, existing="overwrite")  # a fresh run in its place
     assert _logged_steps(tmp_path) == [1, 2]
 
 

@@ -1,0 +1,23 @@
+"""Shared helpers: the tiny training config every training test starts from."""
+
+import pytest
+import torch
+
+from lgvq.config import load_config
+
+
+def tiny_config(out_dir, *extra):
+    """vqvae-tiny on 16 shapes, batches of 4, every step logged, a checkpoint every 2 steps."""
+    return load_config(None, [
+        f"train.out_dir={out_dir}", "train.log_every=1", "train.image_every=2", "train.ckpt_every=2",
+        "train.tensorboard=false", "data.batch_size=4", "data.size=16", "optim.base_lr=1e-4", *extra,
+    ])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models: on a loaded 2-core machine a second intra-op thread costs more than it saves."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
