@@ -300,3 +300,19 @@ def test_kill_9_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_p
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+# ---- TensorBoard: each step once across restarts ---------------------------------------
+
+def test_resumed_tensorboard_stream_purges_the_steps_after_the_checkpoint(tmp_path):
+    loader = pytest.importorskip("tensorboard.backend.event_processing.event_file_loader")
+    config = tiny_config(tmp_path, "train.steps=4", "train.tensorboard=true")
+    train(config, progress=False)
+    shutil.rmtree(tmp_path / "checkpoints" / "step_00000004")  # as if killed after logging steps 3 and 4
+    (tmp_path / "checkpoints" / "latest").write_text("step_00000002")
+    train(config, resume=True, progress=False)
+    first, second = sorted((tmp_path / "tensorboard").iterdir())
+    events = list(loader.EventFileLoader(str(second)).Load())
+    starts = [e.step for e in events if e.HasField("session_log")]
+    assert starts == [3]  # TensorBoard drops the first file's step 3, logged before the resume replaced it
+    assert sorted({e.step for e in events if e.HasField("summary")}) == [3, 4]
