@@ -7,6 +7,7 @@
     lgvq decode RUN_DIR codes.pt --out DIR
     lgvq reconstruct RUN_DIR IMAGE... --out DIR
     lgvq task NAME RUN_DIR [--steps N] [--fid-weights pt_inception.pth]   # text-to-image, captioning, vqa, ...
+    lgvq convert-release LAST.ckpt RUN_DIR --text-encoder CLIP_DIR   # an LG-VQ release checkpoint → a run
 
 Every failure the user can fix (missing file, bad key, bad value) ends with one line on
 stderr and exit status 2, not a traceback.
@@ -20,6 +21,8 @@ import sys
 from pathlib import Path
 
 import torch
+
+from lgvq.convert import add_convert_release_parser, cmd_convert_release
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -83,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fid-weights", default=None,
                    help="local Inception weights (torch-fidelity pt_inception) for FID of generated images")
+    add_convert_release_parser(sub)
     return parser
 
 
@@ -207,6 +211,7 @@ def cmd_demo(args) -> None:
 COMMANDS = {
     "demo": cmd_demo, "train": cmd_train, "eval": cmd_eval, "encode": cmd_encode,
     "decode": cmd_decode, "reconstruct": cmd_reconstruct, "task": cmd_task,
+    "convert-release": cmd_convert_release,
 }
 
 

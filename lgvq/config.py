@@ -43,7 +43,8 @@ class GuidanceConfig:
     max_length: int = 30
     weights: list = field(default_factory=lambda: [1e-3, 1e-3, 1e-3])  # gsa, mtp, ras
     temperature: float = 1.0
-    mtp_input: str = "leak_free"
+    mtp_input: str | None = None  # None: the flavour's (leak_free for lgvq, contextual for release)
+    flavour: str = "lgvq"  # "lgvq" | "release" (LanguageGuidance's flavour)
     cache_captions: bool = True
 
 

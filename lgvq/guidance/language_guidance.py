@@ -6,6 +6,12 @@
 
 The frozen text encoder is used but not owned: it is kept out of ``state_dict`` (its
 weights are the encoder's files, not training state) and follows ``.to()``.
+
+Two flavours share one set of parameter names. ``flavour="release"`` reproduces the authors'
+release (its Lmtp padding behaviour, QuickGELU ViT, unbiased projection, decoder LayerNorm
+eps and dropout placement, initialisation, contextual Lmtp input); ``"lgvq"`` (the default)
+differs from it where the release leaks or is accidental. The README's "Release flavour"
+section lists the differences and the reason for each.
 """
 
 from __future__ import annotations
@@ -29,6 +35,13 @@ from lgvq.ops.relation import relation_alignment_loss
 from lgvq.text import EncodedText, TextEncoder
 
 MTP_INPUTS = ("leak_free", "contextual")
+FLAVOURS = ("lgvq", "release")
+# The release's (λ_gsa, λ_mtp, λ_ras) per dataset (its configs_text/*.yaml); it has no COCO config.
+RELEASE_WEIGHTS = {
+    "cub": (1e-3, 1e-3, 1e-3),
+    "celeba": (1e-3, 1e-2, 1e-4),
+    "textcaps": (1e-3, 1e-2, 1e-4),
+}
 
 
 @dataclass
@@ -52,11 +65,15 @@ class LanguageGuidance(nn.Module):
         code_dim: C, channels of z_q.
         grid_size: h (square) or (h, w) of the code grid.
         text_encoder: a frozen ``lgvq.text.TextEncoder``.
-        weights: (λ_gsa, λ_mtp, λ_ras); the release uses 0.001 each.
+        weights: (λ_gsa, λ_mtp, λ_ras); the release's per dataset are ``RELEASE_WEIGHTS``
+            (0.001 each for CUB, 0.001 / 0.01 / 0.0001 for CelebA-HQ and TextCaps).
         temperature: Lgsa softmax temperature (the release has none: 1.0).
-        mtp_input: ``"leak_free"`` (default: the caption is re-encoded with the masked words
-            replaced by the encoder's mask token) or ``"contextual"`` (the release: the
-            unmasked caption's contextual features, which leak the masked words).
+        mtp_input: ``"leak_free"`` (the caption is re-encoded with the masked words replaced
+            by the encoder's mask token) or ``"contextual"`` (the release: the unmasked
+            caption's contextual features, which leak the masked words). None: the
+            flavour's (leak_free for ``"lgvq"``, contextual for ``"release"``).
+        flavour: ``"lgvq"`` (default) or ``"release"``, which matches the release's losses
+            and gradients given the same weights, inputs and masks.
         backend: backend of the fused Lras op.
     """
 
@@ -68,12 +85,17 @@ class LanguageGuidance(nn.Module):
         *,
         weights: tuple[float, float, float] = (1e-3, 1e-3, 1e-3),
         temperature: float = 1.0,
-        mtp_input: str = "leak_free",
+        mtp_input: str | None = None,
+        flavour: str = "lgvq",
         backend: str = "auto",
     ):
         super().__init__()
         check_positive("code_dim", code_dim)
         check_positive("temperature", temperature)
+        check_choice("flavour", flavour, FLAVOURS)
+        release = flavour == "release"
+        if mtp_input is None:
+            mtp_input = "contextual" if release else "leak_free"
         check_choice("mtp_input", mtp_input, MTP_INPUTS)
         if len(weights) != 3 or any(w < 0 for w in weights):
             raise ValueError(f"weights must be three non-negative numbers (gsa, mtp, ras), got {weights}")
@@ -85,13 +107,16 @@ class LanguageGuidance(nn.Module):
         self.weights = tuple(float(w) for w in weights)
         self.temperature = temperature
         self.mtp_input = mtp_input
+        self.flavour = flavour
         self.backend = backend
-        self.visual = VisualTokenizer(code_dim, _grid_positions(grid_size), dim)
+        self.visual = VisualTokenizer(code_dim, _grid_positions(grid_size), dim, release=release)
         self.sentence_proj = (
             nn.Linear(dim, text_encoder.sentence_dim) if text_encoder.sentence_dim != dim else nn.Identity()
         )
-        self.mtp = MaskedTextPredictor(dim, text_encoder.max_length, text_encoder.vocab_size)
+        self.mtp = MaskedTextPredictor(dim, text_encoder.max_length, text_encoder.vocab_size, release=release)
         self.relation_head = nn.Sequential(nn.Linear(code_dim, dim), nn.GELU(), nn.LayerNorm(dim))
+        if release:
+            nn.init.normal_(self.relation_head[0].weight, std=0.01)  # the release's wrsLayer
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)

@@ -8,10 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lgvq.guidance.visual_tokens import redraw_linear_bias
 from lgvq.text import TokenizedText
 
 # Lgsa adds this to the softmax denominator, as the released code does.
 GSA_EPS = 1e-6
+# The release's Lmtp decoder LayerNorm eps, and what its loss adds to the masked count.
+RELEASE_NORM_EPS = 1e-12
+RELEASE_COUNT_EPS = 5e-6
 
 
 def global_semantic_alignment_loss(
@@ -59,23 +63,51 @@ class MaskedTextPredictor(nn.Module):
     """Predict masked words from the (partly masked) caption and the visual tokens.
 
     Masked positions take a learned per-position mask vector; padding is zeroed. A 2-layer
-    post-LN transformer decoder (self-attention over text with a padding mask,
-    cross-attention to all visual tokens, FFN width Dt, dropout 0.1) gives H; the head
-    scores ``LN(GELU(Linear(H))) @ Eᵀ + bias`` against the frozen word-embedding matrix E.
+    post-LN transformer decoder (self-attention over text, cross-attention to all visual
+    tokens, ReLU FFN of width Dt, dropout 0.1) gives H; the head scores
+    ``LN(GELU(Linear(H))) @ Eᵀ + bias`` against the frozen word-embedding matrix E.
+
+    The ``lgvq`` flavour masks padding out of the self-attention (``tgt_key_padding_mask``) and
+    is ``nn.TransformerDecoder`` as torch builds it (LayerNorm eps 1e-5, dropout on the
+    attention weights too, torch's initialisation). ``release=True`` is the release's decoder:
+    padding is attended (its (B, 1, 1) mask never masks), LayerNorm eps 1e-12, dropout only
+    after each sub-layer and inside the FFN, weights drawn with std d^-0.5, and the loss
+    divides by (number masked + 5e-6).
     """
 
     def __init__(self, text_dim: int, max_length: int, vocab_size: int, *, layers: int = 2, heads: int = 1,
-                 dropout: float = 0.1, label_smoothing: float = 0.1):
+                 dropout: float = 0.1, label_smoothing: float = 0.1, release: bool = False):
         super().__init__()
         self.mask_vectors = nn.Parameter(torch.randn(max_length, text_dim) * 0.01)
         layer = nn.TransformerDecoderLayer(
             text_dim, heads, dim_feedforward=text_dim, dropout=dropout, batch_first=True, norm_first=False,
+            layer_norm_eps=RELEASE_NORM_EPS if release else 1e-5,
         )
         self.decoder = nn.TransformerDecoder(layer, layers)
         self.head_proj = nn.Linear(text_dim, text_dim)
         self.head_norm = nn.LayerNorm(text_dim)
         self.vocab_bias = nn.Parameter(torch.zeros(vocab_size))
         self.label_smoothing = label_smoothing
+        self.release = release
+        if release:
+            self._make_like_release()
+
+    def _make_like_release(self) -> None:
+        """No dropout on attention weights; the release's std d^-0.5 for the q/k/v/output and
+        FFN weights, nn.Linear's default biases (the release builds them as nn.Linear), drawn
+        afresh for every layer."""
+        for layer in self.decoder.layers:
+            for attention in (layer.self_attn, layer.multihead_attn):
+                attention.dropout = 0.0
+                d = attention.embed_dim
+                nn.init.normal_(attention.in_proj_weight, std=d ** -0.5)
+                nn.init.uniform_(attention.in_proj_bias, -(d ** -0.5), d ** -0.5)
+                nn.init.normal_(attention.out_proj.weight, std=d ** -0.5)
+                redraw_linear_bias(attention.out_proj)
+            nn.init.normal_(layer.linear1.weight, std=layer.linear1.out_features ** -0.5)
+            nn.init.normal_(layer.linear2.weight, std=layer.linear2.out_features ** -0.5)
+            redraw_linear_bias(layer.linear1)
+            redraw_linear_bias(layer.linear2)
 
     def logits(self, words: torch.Tensor, mask: torch.Tensor, padding: torch.Tensor,
                visual_tokens: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
@@ -86,7 +118,7 @@ class MaskedTextPredictor(nn.Module):
         """
         x = torch.where(mask[..., None], self.mask_vectors.to(words.dtype)[None], words)
         x = x.masked_fill(padding[..., None], 0.0)
-        h = self.decoder(x, visual_tokens, tgt_key_padding_mask=padding)[mask]
+        h = self.decoder(x, visual_tokens, tgt_key_padding_mask=None if self.release else padding)[mask]
         h = self.head_norm(F.gelu(self.head_proj(h)))
         return h @ embeddings.t().to(h.dtype) + self.vocab_bias
 
@@ -94,4 +126,5 @@ class MaskedTextPredictor(nn.Module):
         """Label-smoothed cross-entropy over the masked positions (0 when none is masked)."""
         if targets.numel() == 0:
             return logits.sum() * 0.0  # keeps the graph (and DDP's parameter set) intact
-        return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
+        total = F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing, reduction="sum")
+        return total / (targets.numel() + (RELEASE_COUNT_EPS if self.release else 0.0))
