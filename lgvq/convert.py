@@ -106,8 +106,8 @@ def guidance_state_from_release(state: Mapping[str, torch.Tensor]) -> dict[str, 
             for side in ("weight", "bias"):
                 out[f"{dst}linear{n}.{side}"] = _take(state, f"{src}ffn.linear{n}.{side}")
 
-    out["mtp.mask_vectors"] = _take(state, "mask_learned_parameter").reshape(
-        *state["mask_learned_parameter"].shape[-2:])
+    mask_vectors = _take(state, "mask_learned_parameter")  # (1, L, Dt)
+    out["mtp.mask_vectors"] = mask_vectors.reshape(mask_vectors.shape[-2:])
     out["mtp.vocab_bias"] = _take(state, "mlm_layer.bias").reshape(-1)
     for side in ("weight", "bias"):
         out[f"mtp.head_proj.{side}"] = _take(state, f"mlm_layer.fc.{side}")

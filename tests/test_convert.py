@@ -12,8 +12,10 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from lgvq.cli import main
+from lgvq.data.images import load_image
 from lgvq.convert import convert_release, guidance_state_from_release
 from lgvq.models import build_loss, build_model
 from lgvq.runs import load_run
@@ -79,10 +81,17 @@ def test_cvq_checkpoint_becomes_the_cvq_model(tmp_path, text_encoder):
     assert torch.equal(run.model.quantize.embed_prob, state_embed_prob)
 
 
-def test_the_cli_converts_and_eval_accepts_the_run(tmp_path, text_encoder, capsys):
-    release_checkpoint(tmp_path / "last.ckpt", text_encoder)
+def test_the_cli_converts_and_eval_and_encode_accept_the_run(tmp_path, text_encoder):
+    _, model = release_checkpoint(tmp_path / "last.ckpt", text_encoder)
     assert main(["convert-release", str(tmp_path / "last.ckpt"), str(tmp_path / "run"),
                  "--text-encoder", "minilm"]) == 0
+    image = tmp_path / "image.png"
+    Image.fromarray(torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8).numpy()).save(image)
+    assert main(["encode", str(tmp_path / "run"), str(image), "--out", str(tmp_path / "codes.pt"),
+                 "--device", "cpu"]) == 0
+    with torch.no_grad():
+        expected = model.eval().encode(load_image(image, 32)[None])[1]
+    assert torch.equal(torch.load(tmp_path / "codes.pt")["indices"], expected)
     assert main(["eval", str(tmp_path / "run"), "--size", "4", "--device", "cpu",
                  "--json", str(tmp_path / "metrics.json")]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())

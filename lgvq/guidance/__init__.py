@@ -1,5 +1,5 @@
 """LG-VQ language guidance: visual tokens, Lgsa, Lmtp, Lras and the alignment metrics."""
 
-from lgvq.guidance.language_guidance import GuidanceOutput, LanguageGuidance
+from lgvq.guidance.language_guidance import FLAVOURS, RELEASE_WEIGHTS, GuidanceOutput, LanguageGuidance
 
-__all__ = ["LanguageGuidance", "GuidanceOutput"]
+__all__ = ["FLAVOURS", "LanguageGuidance", "GuidanceOutput", "RELEASE_WEIGHTS"]

@@ -20,8 +20,7 @@ import torch.nn.functional as F
 
 from lgvq.config import load_config
 from lgvq.convert import guidance_state_from_release
-from lgvq.guidance import LanguageGuidance
-from lgvq.guidance.language_guidance import RELEASE_WEIGHTS
+from lgvq.guidance import RELEASE_WEIGHTS, LanguageGuidance
 from lgvq.guidance.semantic import sample_mask_ratio, sample_word_mask
 from lgvq.text import EncodedText, load_text_encoder
 from tests.guidance.release_oracle import ReleaseTextSupervision
