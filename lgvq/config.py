@@ -14,18 +14,33 @@ from pathlib import Path
 import yaml
 
 
+def bounded(default, *, low=None, above=None, below=None, each: int | None = None):
+    """A numeric field with its allowed range: ``low <= v``, ``above < v``, ``v < below``.
+
+    With ``each``, the field is a list of exactly that many numbers, each in the range.
+    """
+    bounds = {"low": low, "above": above, "below": below, "each": each}
+    if each is not None:
+        return field(default_factory=lambda: list(default), metadata=bounds)
+    return field(default=default, metadata=bounds)
+
+
+def choice(default, options: tuple[str, ...]):
+    return field(default=default, metadata={"choices": options})
+
+
 @dataclass
 class DataConfig:
     name: str = "shapes"  # shapes | cub | celeba | coco | textcaps | folder
     root: str | None = None
-    image_size: int = 32
-    size: int = 4096  # shapes only: number of generated training images
-    eval_size: int = 256  # images used by evaluation
+    image_size: int = bounded(32, low=1)  # must equal the model's image_size
+    size: int = bounded(4096, low=1)  # shapes only: number of generated training images
+    eval_size: int = bounded(256, low=1)  # images used by evaluation
     split: str = "train"
-    eval_split: str = "val"
-    caption_mode: str = "random"
-    batch_size: int = 16
-    num_workers: int = 0
+    eval_split: str | None = None  # None: the format's held-out split (val or test; a folder's only split)
+    caption_mode: str = choice("random", ("random", "first"))  # lgvq.data.CAPTION_MODES
+    batch_size: int = bounded(16, low=1)
+    num_workers: int = bounded(0, low=0)
     skip_bad: bool = False
 
 
@@ -40,31 +55,31 @@ class ModelConfig:
 class GuidanceConfig:
     enabled: bool = False
     text_encoder: str | None = None  # None: the embedded all-MiniLM-L6-v2; else a local directory
-    max_length: int = 30
-    weights: list = field(default_factory=lambda: [1e-3, 1e-3, 1e-3])  # gsa, mtp, ras
-    temperature: float = 1.0
+    max_length: int = bounded(30, low=3)  # start and end tokens and a word (lgvq.text MIN_MAX_LENGTH)
+    weights: list = bounded([1e-3, 1e-3, 1e-3], low=0, each=3)  # gsa, mtp, ras
+    temperature: float = bounded(1.0, above=0)
     mtp_input: str | None = None  # None: the flavour's (leak_free for lgvq, contextual for release)
-    flavour: str = "lgvq"  # "lgvq" | "release" (LanguageGuidance's flavour)
+    flavour: str = choice("lgvq", ("lgvq", "release"))  # LanguageGuidance's flavour
     cache_captions: bool = True
 
 
 @dataclass
 class OptimConfig:
-    base_lr: float = 4.5e-6
+    base_lr: float = bounded(4.5e-6, above=0)
     scale_lr: bool = True  # lr = base_lr * batch_size, as the taming / LG-VQ release does
-    betas: list = field(default_factory=lambda: [0.5, 0.9])
-    grad_clip: float | None = None
+    betas: list = bounded([0.5, 0.9], low=0, below=1, each=2)
+    grad_clip: float | None = bounded(None, above=0)  # None: no clipping
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000
-    seed: int = 0
-    log_every: int = 10
-    image_every: int = 200
-    ckpt_every: int = 500
+    steps: int = bounded(1000, low=1)
+    seed: int = bounded(0, low=0, below=2**32)  # numpy's seed range
+    log_every: int = bounded(10, low=1)
+    image_every: int = bounded(200, low=1)
+    ckpt_every: int = bounded(500, low=1)
     out_dir: str = "runs/default"
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = choice("auto", ("auto", "cpu", "cuda"))
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     tensorboard: bool = True
 
@@ -124,6 +139,43 @@ def config_from_dict(values: dict) -> ExperimentConfig:
     return _build(ExperimentConfig, values)
 
 
+def _allowed(bounds: dict) -> str:
+    parts = [f">= {bounds['low']}" if bounds["low"] is not None else None,
+             f"> {bounds['above']}" if bounds["above"] is not None else None,
+             f"< {bounds['below']}" if bounds["below"] is not None else None]
+    return " and ".join(p for p in parts if p)
+
+
+def _in_range(value, bounds: dict) -> bool:
+    return ((bounds["low"] is None or value >= bounds["low"]) and (bounds["above"] is None or value > bounds["above"])
+            and (bounds["below"] is None or value < bounds["below"]))
+
+
+def _check_field(key: str, value, meta) -> None:
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{key}={value!r} is not allowed: must be one of {', '.join(meta['choices'])}")
+    if "low" not in meta or value is None:
+        return
+    if meta["each"] is not None:
+        numbers = isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                  for v in value)
+        if not numbers or len(value) != meta["each"] or not all(_in_range(v, meta) for v in value):
+            raise ConfigError(f"{key}={value!r} is not allowed: must be {meta['each']} numbers, each {_allowed(meta)}")
+    elif not _in_range(value, meta):
+        raise ConfigError(f"{key}={value!r} is not allowed: must be {_allowed(meta)}")
+
+
+def check_config(config: ExperimentConfig) -> ExperimentConfig:
+    """Every field within its range or choices (ConfigError naming the key, the value and what is
+    allowed); returns ``config``. What needs the model registry or the data is checked by
+    ``lgvq.train.check_training_config``."""
+    for section in dataclasses.fields(config):
+        part = getattr(config, section.name)
+        for f in dataclasses.fields(part):
+            _check_field(f"{section.name}.{f.name}", getattr(part, f.name), f.metadata)
+    return config
+
+
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
     """Apply ``a.b=value`` strings to a nested dict (values parsed as YAML scalars)."""
     for item in overrides:
@@ -165,7 +217,7 @@ def read_yaml(path: str | Path) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
     """Read a YAML config (or start from defaults when ``path`` is None) and apply overrides."""
     values = read_yaml(path) if path is not None else {}
-    return config_from_dict(apply_overrides(values, list(overrides)))
+    return check_config(config_from_dict(apply_overrides(values, list(overrides))))
 
 
 def config_to_dict(config: ExperimentConfig) -> dict:

@@ -254,21 +254,3 @@ def convert_release(checkpoint: str | Path, out_dir: str | Path, *, config: str 
     (out_dir / "config.json").write_text(json.dumps(config_to_dict(run_config), indent=2))
     extra = {"config": config_to_dict(run_config), "converted_from": str(Path(checkpoint).resolve())}
     return save_checkpoint(out_dir / "checkpoints", step, run.modules(), {}, extra)
-
-
-def add_convert_release_parser(sub) -> None:
-    """The ``lgvq convert-release`` subcommand's arguments."""
-    p = sub.add_parser("convert-release", help="LG-VQ release checkpoint (.ckpt) → an lgvq run folder")
-    p.add_argument("checkpoint", help="a Lightning checkpoint of the release's VQModel (LG_vqgan.py or LG_cvq.py)")
-    p.add_argument("out", help="the run folder to write (must not hold a run)")
-    p.add_argument("--config", default=None,
-                   help="YAML config for data, loss files and loss weights (e.g. configs/paper/celeba-vqgan-lg.yaml)")
-    p.add_argument("--text-encoder", default=None, help="local CLIP ViT-B/32 folder, the release's text tower")
-    p.add_argument("--no-guidance", dest="guidance", action="store_false",
-                   help="convert the autoencoder and discriminator only")
-
-
-def cmd_convert_release(args) -> None:
-    written = convert_release(args.checkpoint, args.out, config=args.config, text_encoder=args.text_encoder,
-                              guidance=args.guidance)
-    print(f"run: {args.out} (checkpoint {written.name})")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import os
 import random
@@ -37,11 +38,14 @@ from lgvq.checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
-from lgvq.config import ExperimentConfig, config_from_dict, config_to_dict
-from lgvq.data import collate, load_dataset
+from lgvq.config import ConfigError, DataConfig, ExperimentConfig, check_config, config_from_dict, config_to_dict
+from lgvq.data import DATASET_NAMES, FORMATS, collate, load_dataset
+from lgvq.data.shapes import SPLITS as SHAPES_SPLITS
 from lgvq.guidance import LanguageGuidance
 from lgvq.logger import RunLogger
-from lgvq.models.registry import build_loss, build_model
+from lgvq.models.losses import VQLPIPSWithDiscriminator
+from lgvq.models.registry import build_loss, build_model, get_spec
+from lgvq.models.vqmodel import VQModelConfig
 from lgvq.run_folder import RunFolderError, RunFolderLock, check_resume_config, clear_for_fresh_run
 from lgvq.visualize import save_image_grid
 
@@ -248,6 +252,7 @@ def train(config: ExperimentConfig, resume: bool = False, progress: bool = True,
     """
     if resume and existing != "refuse":
         raise ValueError(f"resume continues the run in the folder; existing={existing!r} is for fresh runs only")
+    check_training_config(config)
     rank, world = init_distributed(resolve_device(config.train.device))
     if rank != 0:  # rank 0 owns the folder; the others only read its checkpoints
         return _train(config, resume, progress, existing, rank, world)
@@ -335,8 +340,71 @@ def _train(config: ExperimentConfig, resume: bool, progress: bool, existing: str
     return run
 
 
-def dataset_args(config: ExperimentConfig, split: str, size: int) -> dict:
+def dataset_splits(name: str) -> tuple[str, ...]:
+    return SHAPES_SPLITS if name == "shapes" else FORMATS[name].splits
+
+
+def held_out_split(name: str) -> str:
+    """The split evaluation uses by default: val or test, or the only split a folder has."""
+    splits = dataset_splits(name)
+    return next((s for s in ("val", "test") if s in splits), splits[0])
+
+
+def check_split(key: str, name: str, split: str) -> None:
+    splits = dataset_splits(name)
+    if split not in splits:
+        hint = " (a folder has no splits: point data.root at each split's folder)" if name == "folder" else ""
+        raise ConfigError(f"{key}={split!r} is not a split of {name} data: must be one of {', '.join(splits)}{hint}")
+
+
+def check_data_config(data: DataConfig) -> None:
+    """The dataset format is known, its root given and present, its splits exist."""
+    if data.name not in DATASET_NAMES:
+        raise ConfigError(f"data.name={data.name!r} is not a known dataset format: must be one of "
+                          f"{', '.join(DATASET_NAMES)}")
+    if data.name == "shapes" and data.root is not None:
+        raise ConfigError(f"data.root={data.root!r} is not allowed with data.name=shapes (generated data): leave it unset")
+    if data.name != "shapes":
+        if data.root is None:
+            raise ConfigError(f"data.root is not set: data.name={data.name} needs the dataset folder")
+        if not Path(data.root).is_dir():
+            raise ConfigError(f"data.root={data.root!r} does not exist: must be the folder of a {data.name} dataset "
+                              "(layouts: README 'Your own images', lgvq/data/formats.py)")
+    check_split("data.split", data.name, data.split)
+    if data.eval_split is not None:
+        check_split("data.eval_split", data.name, data.eval_split)
+
+
+def model_config(config: ExperimentConfig) -> VQModelConfig:
+    """The VQModelConfig that ``model.name`` and ``model.overrides`` describe (ConfigError if none)."""
+    spec = get_spec(config.model.name)
+    try:
+        return spec.model.replace(**config.model.overrides)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"model.overrides={config.model.overrides!r} is not allowed: {error}") from error
+
+
+def check_training_config(config: ExperimentConfig) -> None:
+    """Everything a training run needs from ``config``, checked before anything is built or written."""
+    check_config(config)
+    model = model_config(config)
+    if config.data.image_size != model.image_size:
+        raise ConfigError(
+            f"data.image_size={config.data.image_size} does not fit the model: {config.model.name} takes "
+            f"{model.image_size}x{model.image_size} images (set data.image_size={model.image_size}, or "
+            f"model.overrides={{image_size: {config.data.image_size}}})"
+        )
+    loss_args = set(inspect.signature(VQLPIPSWithDiscriminator).parameters)
+    unknown = sorted(set(config.model.loss) - loss_args)
+    if unknown:
+        raise ConfigError(f"model.loss has unknown key(s) {', '.join(unknown)}: must be among {', '.join(sorted(loss_args))}")
+    check_data_config(config.data)
+
+
+def dataset_args(config: ExperimentConfig, split: str | None, size: int) -> dict:
+    """load_dataset arguments for ``split`` of the config's data (None: ``held_out_split``)."""
     data = config.data
+    split = held_out_split(data.name) if split is None else split
     args = dict(name=data.name, root=data.root, split=split, image_size=data.image_size,
                 caption_mode=data.caption_mode, skip_bad=data.skip_bad, seed=config.train.seed)
     if data.name == "shapes":

@@ -126,7 +126,7 @@ class LanguageGuidance(nn.Module):
     # ---- inputs ------------------------------------------------------------------------
 
     def _flatten_codes(self, z_q: torch.Tensor, channels_last: bool) -> torch.Tensor:
-        check_tensor("z_q", z_q, min_ndim=3, finite=False)
+        check_tensor("z_q", z_q, min_ndim=3)  # NaN named here, not as a derived tensor deep in Lras
         if z_q.dim() == 3:  # (B, hw, C) token sequence
             tokens = z_q
         else:
@@ -136,7 +136,7 @@ class LanguageGuidance(nn.Module):
             raise ValueError(
                 f"z_q must be {layout} or (B, hw, C) with C={self.code_dim}, got shape {tuple(z_q.shape)}"
             )
-        return tokens
+        return tokens.to(self.relation_head[0].weight.dtype)  # e.g. float64 z_q meets the heads' float32
 
     def encode_text(self, captions) -> EncodedText:
         if isinstance(captions, EncodedText):

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import torch
 from torch.utils.data import Subset
@@ -55,6 +57,7 @@ from lgvq.tasks.text_to_image import TextToImage
 from lgvq.tasks.training import TrainSettings
 from lgvq.tasks.unconditional import UnconditionalGenerator
 from lgvq.tasks.vqa import QuestionAnswerer, VQAExamples, vqa_examples
+from lgvq.visualize import save_image_grid
 
 
 @dataclass(frozen=True)
@@ -252,6 +255,7 @@ class TaskRun:
         self.seed = seed
         self.train_codes = encode_dataset(model, Subset(data.train_set, data.train_items.tolist()))
         self.eval_codes = encode_dataset(model, Subset(data.test_set, data.eval_items.tolist()))
+        self.samples: torch.Tensor | None = None  # the images the last task decoded, for saving
 
     @property
     def settings(self) -> TrainSettings:
@@ -271,6 +275,7 @@ class TaskRun:
     def image_scores(self, indices: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Decoded images and every scorer's verdict on them against the real test images."""
         images = decode_codes(self.model, indices)
+        self.samples = images
         return images, {name: value for scorer in self.data.scorers for name, value in scorer.scores(images).items()}
 
     @property
@@ -410,6 +415,7 @@ TASKS: dict[str, Callable[[TaskRun], dict[str, float]]] = {
     "semantic-synthesis": semantic_synthesis_task,
 }
 GROUND_TRUTH_TASKS = ("vqa", "semantic-synthesis")  # they need scenes, questions and maps
+SAMPLES_PER_ROW = 16  # images a row in a saved grid of generated samples
 
 
 def task_names() -> list[str]:
@@ -456,11 +462,13 @@ def run_task(
     *,
     data: TaskData | None = None,
     fid_features=None,
+    samples_to: str | Path | None = None,
 ) -> dict[str, float]:
     """Train and evaluate one task (see ``task_names()``) on ``model``'s frozen codes.
-    ``fid_features``: see ``prepare_task_data``."""
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; valid names: {', '.join(TASKS)}")
+    ``fid_features``: see ``prepare_task_data``. ``samples_to``: a PNG file that gets a grid of
+    the images the task generates (tasks that generate none write nothing); with nothing to
+    score them (no ground truth, no ``fid_features``) a warning says they went unscored."""
+    check_task_name(name)
     with torch_threads(check_budget(budget).threads):
         data = _task_data(model, train_set, test_set, text_encoder, budget, seed, data, fid_features)
         if name not in available_tasks(data):
@@ -469,7 +477,19 @@ def run_task(
                 f"ShapesDataset has); {type(test_set).__name__} has none. Tasks for this data: "
                 f"{', '.join(available_tasks(data))}"
             )
-        return _timed(TASKS[name], TaskRun(model, text_encoder, data, budget, seed))
+        run = TaskRun(model, text_encoder, data, budget, seed)
+        metrics = _timed(TASKS[name], run)
+        if run.samples is not None and not data.scorers:
+            warnings.warn(f"{name}: its {len(run.samples)} generated images are unscored (this data has no ground "
+                          "truth to score them against, and no FID features were given)", stacklevel=2)
+        if run.samples is not None and samples_to is not None:
+            save_image_grid(list(run.samples.split(SAMPLES_PER_ROW)), samples_to, scale=1)
+        return metrics
+
+
+def check_task_name(name: str) -> None:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; valid names: {', '.join(TASKS)}")
 
 
 def run_all_tasks(

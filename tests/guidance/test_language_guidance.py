@@ -213,3 +213,21 @@ def test_tiny_vq_with_guidance_every_loss_decreases(text_encoder):
         history.append([rec.item(), out.gsa.item(), out.mtp.item(), out.ras.item()])
     for name, first, last in zip(["rec", "gsa", "mtp", "ras"], history[0], history[-1]):
         assert last < first, f"{name} did not decrease: {first:.5f} -> {last:.5f}"
+
+
+def test_float64_z_q_gives_the_float32_losses_and_a_float64_gradient(text_encoder):
+    guidance = LanguageGuidance(16, 4, text_encoder).eval()
+    z_q = torch.randn(4, 16, 4, 4, dtype=torch.float64, requires_grad=True)
+    wide = guidance(z_q, CAPTIONS, generator=torch.Generator().manual_seed(0))
+    narrow = guidance(z_q.detach().float(), CAPTIONS, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(wide.loss, narrow.loss)
+    wide.loss.backward()
+    assert z_q.grad.dtype == torch.float64 and z_q.grad.abs().sum() > 0
+
+
+def test_nan_z_q_is_reported_as_z_q(text_encoder):
+    guidance = LanguageGuidance(16, 4, text_encoder)
+    z_q = torch.randn(4, 16, 4, 4)
+    z_q[1, 2, 3, 0] = float("nan")
+    with pytest.raises(ValueError, match="^z_q contains NaN or Inf$"):
+        guidance(z_q, CAPTIONS)

@@ -1,4 +1,6 @@
-"""Shared helpers: the tiny training config every training test starts from."""
+"""Shared helpers: the tiny training config every training test starts from, folder snapshots."""
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,3 +23,9 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (but the lock, which only holds the last owner's PID) and its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".lock"}

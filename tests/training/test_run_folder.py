@@ -26,15 +26,9 @@ from lgvq.run_folder import RESUME_MAY_CHANGE, RunFolderError
 from lgvq.runs import load_run
 from lgvq.train import train
 
-from .conftest import tiny_config
+from .conftest import snapshot, tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` (but the lock, which only holds the last owner's PID) and its bytes."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != ".lock"}
 
 
 @pytest.fixture(scope="module")
@@ -172,12 +166,13 @@ def test_latest_naming_a_missing_step_falls_back_past_incomplete_and_corrupt_one
     with pytest.warns(CheckpointFallbackWarning) as record:
         assert latest_checkpoint(tmp_path) == tmp_path / "step_00000001"
     (warning,) = record
-    assert str(warning.message) == (
+    message = str(warning.message)
+    assert message.startswith(
         f"{tmp_path / 'latest'} names 'step_00000009', which is not a complete checkpoint; "
         f"skipped {tmp_path / 'step_00000003'} is incomplete; "
-        f"skipped {tmp_path / 'step_00000002' / 'model.safetensors'} (SafetensorError: Error while deserializing "
-        f"header: header too small); using {tmp_path / 'step_00000001'}, the newest complete checkpoint"
+        f"skipped {tmp_path / 'step_00000002' / 'model.safetensors'} (SafetensorError: "
     )
+    assert message.endswith(f"); using {tmp_path / 'step_00000001'}, the newest complete checkpoint")
 
 
 def test_no_loadable_checkpoint_is_none(tmp_path):
