@@ -25,11 +25,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from lgvq.checks import FLOAT_DTYPES, check_same_device, check_tensor
-from lgvq.kernels import HAS_TRITON
 from lgvq.ops.backend import resolve_backend
-
-if HAS_TRITON:
-    from lgvq.kernels.relation import MAX_WORDS, RelationState, relation_backward, relation_forward
 
 #: Norm clamp of every normalisation, F.normalize's default.
 EPS = 1e-12
@@ -64,6 +60,8 @@ class RelationAlignment(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, words, mask, tokens, codes):
+        from lgvq.kernels.relation import relation_forward  # imports triton: only once it is asked for
+
         loss, state = relation_forward(words, mask, tokens, codes, EPS)
         ctx.save_for_backward(codes, *state)
         return loss
@@ -71,6 +69,8 @@ class RelationAlignment(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss):
+        from lgvq.kernels.relation import RelationState, relation_backward
+
         codes, *state = ctx.saved_tensors
         return None, None, None, relation_backward(codes, RelationState(*state), grad_loss)
 
@@ -96,6 +96,7 @@ def _check_inputs(words, word_mask, tokens, codes) -> None:
 
 def _triton_limitation(words, tokens, codes) -> Exception | None:
     """Why the Triton kernels cannot take these inputs, or None."""
+    from lgvq.kernels.relation import MAX_WORDS
     if torch.float64 in (words.dtype, tokens.dtype, codes.dtype):
         return TypeError("float64 inputs are supported by backend='torch' only")
     if words.shape[1] > MAX_WORDS:
