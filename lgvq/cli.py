@@ -10,7 +10,7 @@
     lgvq convert-release LAST.ckpt RUN_DIR --text-encoder CLIP_DIR   # an LG-VQ release checkpoint → a run
 
 Every failure the user can fix (missing or corrupt file, bad key or value, a run folder in
-use) ends with one line on stderr and exit status 2, not a traceback; so do metrics that
+use, a missing extra) ends with one line on stderr and exit status 2, not a traceback; so do metrics that
 come out NaN. Anything else (a bug) keeps its traceback. Nothing heavy is imported before
 the arguments are parsed, so ``--help`` and argument errors are instant: each command
 imports what it needs. A new command is a ``_parser`` entry plus a function in COMMANDS.
@@ -25,6 +25,8 @@ import math
 import sys
 import warnings
 from pathlib import Path
+
+from lgvq.extras import MissingExtraError
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -54,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("train", help="train a model from a YAML config")
-    p.add_argument("--config", default=None, help="YAML config (default: built-in defaults)")
+    p.add_argument("--config", default=None,
+                   help="a YAML file or a shipped config's name, e.g. shapes-vqvae-lg (default: built-in defaults)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.steps=200 (repeatable)")
     existing = p.add_mutually_exclusive_group()
@@ -336,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _one_line_warnings():
             COMMANDS[args.command](args)
-    except (OSError, ValueError) as err:  # what users cause and can fix; every message names the cause
+    except (OSError, ValueError, MissingExtraError) as err:  # what users cause and can fix; every message names the cause
         print(f"lgvq {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -8,10 +8,14 @@ and checked against the field's type.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from lgvq.extras import needs_extra
+
+with needs_extra("train"):
+    import yaml
 
 
 def bounded(default, *, low=None, above=None, below=None, each: int | None = None):
@@ -214,9 +218,34 @@ def read_yaml(path: str | Path) -> dict:
     return _merge(read_yaml(path.parent / base), values) if base else values
 
 
+def shipped_configs() -> Path:
+    """The folder of the configs that ship with lgvq: the package data ``lgvq.configs`` of an
+    install, or the repository's ``configs/`` when lgvq runs from a source tree it was not
+    installed from (``PYTHONPATH=.``), where ``lgvq.configs`` is not importable."""
+    try:
+        return Path(importlib.resources.files("lgvq.configs"))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[1] / "configs"
+
+
+def resolve_config(name: str | Path) -> Path:
+    """A config file: ``name`` itself when it is a file, else the shipped config of that name,
+    with or without ``.yaml`` (``shapes-vqvae-lg``, ``paper/cub-vqgan-lg.yaml``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = shipped_configs()
+    for candidate in (shipped / path, shipped / f"{path}.yaml"):
+        if candidate.is_file():
+            return candidate
+    names = sorted(str(p.relative_to(shipped).with_suffix("")) for p in shipped.rglob("*.yaml"))
+    raise FileNotFoundError(f"config file not found: {name} (not a file, nor a shipped config: {', '.join(names)})")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
-    """Read a YAML config (or start from defaults when ``path`` is None) and apply overrides."""
-    values = read_yaml(path) if path is not None else {}
+    """Read a YAML config — a file, or a shipped config's name (``resolve_config``) — or start
+    from defaults when ``path`` is None, and apply overrides."""
+    values = read_yaml(resolve_config(path)) if path is not None else {}
     return check_config(config_from_dict(apply_overrides(values, list(overrides))))
 
 

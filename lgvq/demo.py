@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from lgvq.comparison import Spread, comparison_table, flatten_tasks, unanimous_summary
-from lgvq.config import ExperimentConfig, config_to_dict, load_config
+from lgvq.config import ExperimentConfig, config_to_dict, load_config, shipped_configs
 from lgvq.data import load_dataset
 from lgvq.evaluate import EvalResult, evaluate, fit_alignment_probe
 from lgvq.logger import read_log
@@ -41,8 +41,7 @@ from lgvq.visualize import save_image_grid, save_similarity_heatmaps, save_train
 DEFAULT_STEPS = 400
 PROBE_STEPS = 80
 EVAL_SIZE = 256
-#: The two runs are the repository's shapes configs; the demo only shortens them.
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+#: The two runs are the shipped shapes configs (lgvq.configs); the demo only shortens them.
 CONFIGS = {"VQ-VAE": "shapes-vqvae.yaml", "VQ-VAE + LG": "shapes-vqvae-lg.yaml"}
 RUN_FOLDERS = {"VQ-VAE": "vq", "VQ-VAE + LG": "lg"}  # under <report>/runs/
 TASKS_HEADING = "## Downstream tasks (same budget and seed for both codebooks)"
@@ -59,10 +58,7 @@ class ModelReport:
 
 
 def demo_config(label: str, out_dir: Path, steps: int, seed: int, eval_size: int) -> ExperimentConfig:
-    path = CONFIG_DIR / CONFIGS[label]
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `lgvq demo` from a clone of the repository (pip install -e .)")
-    return load_config(path, [
+    return load_config(shipped_configs() / CONFIGS[label], [
         f"train.steps={steps}", f"train.seed={seed}", f"train.out_dir={out_dir}",
         f"train.image_every={steps}", f"train.ckpt_every={steps}", f"data.eval_size={eval_size}",
     ])

@@ -18,12 +18,15 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from lgvq.checks import check_tensor
 from lgvq.data import collate
+from lgvq.extras import needs_extra
 from lgvq.guidance import LanguageGuidance
 from lgvq.quantize import perplexity_from_counts
+
+with needs_extra("train"):
+    from tqdm import tqdm
 
 
 @dataclass
@@ -71,7 +74,7 @@ def fid_metric(feature_extractor, device: torch.device, keep_real: bool = False)
     try:
         from torchmetrics.image.fid import FrechetInceptionDistance
     except ImportError as err:  # pragma: no cover - depends on optional packages
-        raise ImportError("FID needs torchmetrics[image] and torch-fidelity installed") from err
+        raise ImportError("FID needs torchmetrics and torch-fidelity: pip install 'lgvq[train,fid]'") from err
     if isinstance(feature_extractor, torch.nn.Module):
         metric = FrechetInceptionDistance(feature=feature_extractor.eval(), normalize=True,
                                           reset_real_features=not keep_real)
@@ -163,7 +166,8 @@ def evaluate(
     progress: bool = True,
 ) -> EvalResult:
     """Metrics of ``model`` on ``dataset`` (and of ``guidance``'s alignment, when given)."""
-    from torchmetrics.image import StructuralSimilarityIndexMeasure
+    with needs_extra("train"):
+        from torchmetrics.image import StructuralSimilarityIndexMeasure
 
     device = torch.device(device)
     model.eval()

@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+from lgvq.extras import needs_extra
+
 
 class RunLogger:
     """Appends to ``out_dir/metrics.jsonl``, which first keeps only the records up to
@@ -22,7 +24,8 @@ class RunLogger:
         self.path = self.out_dir / "metrics.jsonl"
         self._truncate_after(start_step)
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            with needs_extra("train"):
+                from torch.utils.tensorboard import SummaryWriter
 
             # A resume opens a new event file; purge_step tells TensorBoard to drop what the
             # earlier files logged after the checkpoint, so every step shows once, as here.

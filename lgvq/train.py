@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from lgvq.checkpoint import (
     atomic_write_text,
@@ -41,6 +40,7 @@ from lgvq.checkpoint import (
 from lgvq.config import ConfigError, DataConfig, ExperimentConfig, check_config, config_from_dict, config_to_dict
 from lgvq.data import DATASET_NAMES, FORMATS, collate, load_dataset
 from lgvq.data.shapes import SPLITS as SHAPES_SPLITS
+from lgvq.extras import needs_extra
 from lgvq.guidance import LanguageGuidance
 from lgvq.logger import RunLogger
 from lgvq.models.losses import VQLPIPSWithDiscriminator
@@ -48,6 +48,9 @@ from lgvq.models.registry import build_loss, build_model, get_spec
 from lgvq.models.vqmodel import VQModelConfig
 from lgvq.run_folder import RunFolderError, RunFolderLock, check_resume_config, clear_for_fresh_run
 from lgvq.visualize import save_image_grid
+
+with needs_extra("train"):
+    from tqdm import tqdm
 
 
 def seed_everything(seed: int) -> None:

@@ -6,7 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+
+from lgvq.extras import needs_extra
+
+with needs_extra("train"):
+    from PIL import Image
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -38,7 +42,8 @@ def save_image_grid(rows: list[torch.Tensor], path: str | Path, scale: int = 2) 
 
 
 def _figure():
-    import matplotlib
+    with needs_extra("train"):
+        import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -14,7 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+
+from lgvq.extras import needs_extra
+
+with needs_extra("train"):
+    from PIL import Image
 
 MIN_IMAGE_SIZE = 16
 

@@ -22,11 +22,14 @@ from dataclasses import dataclass
 from itertools import permutations
 
 import torch
-from PIL import Image, ImageDraw
 
 from lgvq.checks import check_choice, check_positive
 from lgvq.data.captioned import CaptionedDataset
 from lgvq.data.images import pil_to_tensor
+from lgvq.extras import needs_extra
+
+with needs_extra("train"):
+    from PIL import Image, ImageDraw
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
 SEMANTIC_CLASSES = ("background", *SHAPES)  # the classes of a semantic map, index = class id

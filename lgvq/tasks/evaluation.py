@@ -24,6 +24,7 @@ from lgvq.checks import check_tensor
 from lgvq.data import COLOURS, SHAPES
 from lgvq.data.shapes import BACKGROUND
 from lgvq.evaluate import frechet_distance, psnr  # noqa: F401 (lgvq's one definition of each, re-exported)
+from lgvq.extras import needs_extra
 from lgvq.tasks.text_features import check_texts
 from lgvq.tasks.training import TrainSettings, train_network
 
@@ -195,14 +196,10 @@ def caption_metrics(candidates, references, *, meteor: bool = False) -> dict[str
         if not all(rs):
             raise ValueError(f"references[{i}] has a caption without any word: {references[i]!r}")
     cands = {i: [normalise_caption(c) or _EMPTY] for i, c in enumerate(candidates)}
-    try:
+    with needs_extra("tasks"):
         from pycocoevalcap.bleu.bleu import Bleu
         from pycocoevalcap.cider.cider import Cider
         from pycocoevalcap.rouge.rouge import Rouge
-    except ImportError as error:
-        raise ImportError(
-            "caption metrics need pycocoevalcap: pip install pycocoevalcap"
-        ) from error
     scores = {
         "bleu4": Bleu(4).compute_score(refs, cands, verbose=0)[0][3],
         "rouge_l": Rouge().compute_score(refs, cands)[0],

