@@ -4,8 +4,10 @@
     torchrun --nproc_per_node 2 -m lgvq.train --config configs/shapes-vqvae.yaml
 
 Under torchrun every rank trains on its slice of each global batch (data.batch_size per
-rank); gradients are averaged over ranks after backward and the quantizers all-reduce their
-statistics, so all ranks keep identical weights; rank 0 alone logs and checkpoints.
+rank). The training step calls the modules through DistributedDataParallel, whose bucketed
+all-reduce of the gradients overlaps the backward; the quantizers all-reduce their own
+statistics inside their forward. All ranks keep identical weights; rank 0 alone logs and
+checkpoints. Multi-node launches: docs/design.md, "Distributed training".
 
 Each step: autoencoder forward → reconstruction + codebook (+ LPIPS + GAN) loss
 (+ LanguageGuidance losses on z_q) → one optimizer step; then, once the discriminator is
@@ -22,12 +24,13 @@ import inspect
 import json
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from lgvq.checkpoint import (
     atomic_write_text,
@@ -78,23 +81,28 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return 0, 1
 
 
-def average_gradients(optimizer: torch.optim.Optimizer, world: int) -> None:
-    """Mean of every parameter's gradient over ranks, in one flat all-reduce.
+def data_parallel(run: Run) -> dict[str, torch.nn.Module]:
+    """DistributedDataParallel wrappers of the trained modules, by ``Run.modules()`` name.
 
-    A gradient missing on a rank counts as zero there, so every rank calls the collective
-    with the same buffer layout.
+    * The model's buffers are the quantizer's statistics, which it all-reduces itself inside
+      its forward: DDP must not overwrite them with rank 0's (``broadcast_buffers=False``).
+    * taming's adaptive GAN weight takes ``torch.autograd.grad`` of two losses at the decoder's
+      last layer inside the generator loss. That needs no change: ``autograd.grad`` returns
+      the gradients without running the parameters' gradient accumulators, where DDP's
+      reducer hooks sit, so only the one ``backward`` of the step is all-reduced.
+    * The loss module is wrapped for the discriminator step only (its forward with
+      ``optimizer_idx=1``). The generator loss calls the bare module: the discriminator's
+      gradients from that backward are local, never reduced, and discarded before the
+      discriminator step, as in a single process. Its BatchNorm statistics come from rank 0
+      at every discriminator step (DDP's buffer broadcast).
     """
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for p in params:
-        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
-        offset += p.numel()
+    device_ids = [run.device.index] if run.device.type == "cuda" else None
+    replicas = {"model": DistributedDataParallel(run.model, device_ids=device_ids, broadcast_buffers=False)}
+    if run.guidance is not None:
+        replicas["guidance"] = DistributedDataParallel(run.guidance, device_ids=device_ids)
+    if run.loss.discriminator is not None:
+        replicas["loss"] = DistributedDataParallel(run.loss, device_ids=device_ids)
+    return replicas
 
 
 class StepBatches(torch.utils.data.Sampler):
@@ -151,12 +159,19 @@ class Run:
     loss: torch.nn.Module
     guidance: LanguageGuidance | None
     world: int = 1  # data-parallel ranks
+    # DistributedDataParallel wrappers under torchrun (data_parallel), by modules() name. The
+    # training step calls them; checkpoints, evaluation and the optimizers use the bare modules.
+    replicas: dict[str, torch.nn.Module] = field(default_factory=dict)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         mods = {"model": self.model, "loss": self.loss}
         if self.guidance is not None:
             mods["guidance"] = self.guidance
         return mods
+
+    def replica(self, name: str) -> torch.nn.Module:
+        """The module ``name`` as a training step calls it: its DDP wrapper when there is one."""
+        return self.replicas.get(name, self.modules()[name])
 
 
 def build_run(config: ExperimentConfig) -> Run:
@@ -205,16 +220,14 @@ def train_step(run: Run, optimizers, images: torch.Tensor, captions: list[str], 
     """One optimisation step; returns the scalars worth logging."""
     run.model.train()
     with autocast(run):
-        out = run.model(images)
+        out = run.replica("model")(images)
         ae_loss, logs = run.loss.generator_loss(out.vq_loss, images, out.x_rec, step, run.model.get_last_layer())
         if run.guidance is not None:
-            guided = run.guidance(out.z_q, captions)
+            guided = run.replica("guidance")(out.z_q, captions)
             ae_loss = ae_loss + guided.loss
             logs.update({"train/gsa": guided.gsa, "train/mtp": guided.mtp, "train/ras": guided.ras})
     optimizers["ae"].zero_grad(set_to_none=True)
-    ae_loss.backward()
-    if run.world > 1:
-        average_gradients(optimizers["ae"], run.world)
+    ae_loss.backward()  # under DDP the gradients are averaged over ranks as they are computed
     if run.config.optim.grad_clip:
         torch.nn.utils.clip_grad_norm_(
             [p for g in optimizers["ae"].param_groups for p in g["params"]], run.config.optim.grad_clip
@@ -222,11 +235,10 @@ def train_step(run: Run, optimizers, images: torch.Tensor, captions: list[str], 
     optimizers["ae"].step()
     if "disc" in optimizers and run.loss.disc_factor_at(step) > 0:
         with autocast(run):
-            d_loss, d_logs = run.loss.discriminator_loss(images, out.x_rec.detach(), step)
+            # taming's call: optimizer_idx 1 is the discriminator loss (through DDP's forward)
+            d_loss, d_logs = run.replica("loss")(None, images, out.x_rec.detach(), 1, step)
         optimizers["disc"].zero_grad(set_to_none=True)
         d_loss.backward()
-        if run.world > 1:
-            average_gradients(optimizers["disc"], run.world)
         optimizers["disc"].step()
         logs.update(d_logs)
     logs.update({"train/perplexity": out.perplexity, "train/usage": out.usage})
@@ -315,6 +327,8 @@ def _train(config: ExperimentConfig, resume: bool, progress: bool, existing: str
         step = load_checkpoint(checkpoint, run.modules(), optimizers)["step"]
     if lead:  # only once the checkpoint has loaded: a refused resume leaves the folder as it was
         atomic_write_text(out_dir / "config.json", json.dumps(config_to_dict(config), indent=2))
+    if world > 1:
+        run.replicas = data_parallel(run)
     preview = torch.stack([dataset[i]["image"] for i in range(min(8, len(dataset)))]).to(run.device)
     logger = RunLogger(out_dir, tensorboard=config.train.tensorboard, enabled=lead, start_step=step)
     batches = batches_from(dataset, config, step, rank, run.world)
