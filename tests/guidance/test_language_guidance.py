@@ -156,32 +156,61 @@ def test_layouts_agree(text_encoder):
         assert torch.allclose(a.loss, other.loss, atol=1e-6)
 
 
-def test_metrics_on_known_cases(text_encoder):
+def test_masked_word_recall_counts_the_correct_predictions(text_encoder):
+    """Every word masked (num_masked exceeds every caption) and a head that always answers
+    "a": recall counts exactly the captions' "a"s, out of all their words."""
     guidance = LanguageGuidance(8, 2, text_encoder).eval()
-    z = torch.randn(4, 8, 2, 2)
-    correct, total = guidance.masked_word_recall(z, CAPTIONS, num_masked=3, generator=torch.Generator().manual_seed(0))
-    assert total == 12 and 0 <= correct <= total
-    sse, pairs = guidance.word_code_similarity_mse(z, CAPTIONS)
-    words = (~text_encoder.tokenize(CAPTIONS).special_mask).sum(1)
-    assert pairs == int((words * (words - 1)).sum())
-    assert sse >= 0
+    tokens = text_encoder.tokenize(CAPTIONS)
+    a = int(text_encoder.tokenize(["a"]).ids[0, 1])
+    with torch.no_grad():
+        guidance.mtp.vocab_bias[a] = 1e4  # dwarfs every other logit
+    words = ~tokens.special_mask
+    correct, total = guidance.masked_word_recall(torch.randn(4, 8, 2, 2), CAPTIONS, num_masked=30)
+    assert total == int(words.sum())
+    assert correct == int(((tokens.ids == a) & words).sum()) > 0
+    _, total = guidance.masked_word_recall(torch.randn(4, 8, 2, 2), CAPTIONS, num_masked=3)
+    assert total == 12
 
 
-def test_word_code_mse_is_zero_when_codes_mirror_words(text_encoder):
-    """If every word's matched code has the word's own direction, the MSE is 0."""
+def test_word_code_mse_by_hand(text_encoder):
+    """The Table 4 metric written out pair by pair: each word's matched position is the
+    visual token most cosine-similar to it; the error compares the words' cosine with the
+    cosine of the projected codes at their matched positions."""
+    guidance = LanguageGuidance(8, 2, text_encoder).eval()
+    z = torch.randn(2, 8, 2, 2)
+    text = text_encoder(CAPTIONS[:2])
+    sse, pairs = guidance.word_code_similarity_mse(z, text)
+    codes = z.flatten(2).transpose(1, 2)
+    with torch.no_grad():
+        visual = guidance.visual(codes)[:, 1:]
+        projected = guidance.relation_head(codes)
+    cos = lambda u, v: F.cosine_similarity(u, v, dim=-1).item()  # noqa: E731
+    expected, count = 0.0, 0
+    for b in range(2):
+        real = [i for i in range(text.words.shape[1]) if not text.tokens.special_mask[b, i]]
+        match = {i: int(F.cosine_similarity(text.words[b, i][None], visual[b], dim=-1).argmax()) for i in real}
+        for i in real:
+            for j in real:
+                if i != j:
+                    code_cos = cos(projected[b, match[i]], projected[b, match[j]])
+                    expected += (cos(text.words[b, i], text.words[b, j]) - code_cos) ** 2
+                    count += 1
+    assert pairs == count
+    assert sse == pytest.approx(expected, rel=1e-4)
+
+
+def test_word_code_mse_with_one_grid_position_is_the_words_dissimilarity(text_encoder):
+    """A single grid position: every word matches it, so every code similarity is 1 and the
+    metric is the sum over pairs of distinct words of (cos(w_i, w_j) - 1)²."""
     guidance = LanguageGuidance(8, 1, text_encoder).eval()
     text = text_encoder(["a red circle"])
-    one_word = (~text.tokens.special_mask).sum() == 1
-    assert not one_word
-    # a single grid position: every word matches it, so code similarity is 1 for all pairs;
-    # word similarity is not, so the metric must be positive
-    sse, pairs = guidance.word_code_similarity_mse(torch.randn(1, 8, 1, 1), text)
-    expected = 0.0
     w = F.normalize(text.words[0][~text.tokens.special_mask[0]], dim=-1)
     sim = w @ w.t()
     off = ~torch.eye(sim.shape[0], dtype=torch.bool)
+    assert off.any()  # several words
+    sse, pairs = guidance.word_code_similarity_mse(torch.randn(1, 8, 1, 1), text)
     expected = float(((sim - 1) ** 2)[off].sum())
-    assert pairs == int(off.sum()) and sse == pytest.approx(expected, rel=1e-4)
+    assert pairs == int(off.sum()) and sse == pytest.approx(expected, rel=1e-4) and expected > 0
 
 
 class TinyVQ(nn.Module):

@@ -17,10 +17,15 @@ def test_shapes(ch_mult, resolution, attn, latent):
     encoder = Encoder(ch_mult=ch_mult, attn_resolutions=attn, in_channels=3, resolution=resolution, **SMALL)
     decoder = Decoder(ch_mult=ch_mult, attn_resolutions=attn, out_channels=3, resolution=resolution, **SMALL)
     x = torch.randn(1, 3, resolution, resolution)
-    with torch.no_grad():
-        z = encoder(x)
-        assert z.shape == (1, 8, latent, latent)
-        assert decoder(z).shape == x.shape
+    z = encoder(x)
+    assert z.shape == (1, 8, latent, latent)
+    x_rec = decoder(z)
+    assert x_rec.shape == x.shape
+    # every block built is also used: each parameter gets a gradient (a level, attention or
+    # mid block that is constructed but skipped in forward would get none)
+    (x_rec * torch.randn_like(x_rec)).sum().backward()
+    for name, p in (*encoder.named_parameters(prefix="encoder"), *decoder.named_parameters(prefix="decoder")):
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
 def test_attention_only_at_requested_resolutions():

@@ -82,14 +82,68 @@ def test_lpips_first_layer_by_hand(weight_files):
     assert torch.allclose(lpips(a, b).squeeze(), expected, rtol=1e-5)
 
 
-def test_perceptual_term_in_the_generator_loss(weight_files):
-    loss_fn = VQLPIPSWithDiscriminator(vgg_path=weight_files[0], lpips_path=weight_files[1], perceptual_weight=0.5,
-                                       use_discriminator=False)
-    x, x_rec = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+def pass_through_vgg16_state() -> dict:
+    """Every conv copies input channels 0-2 to output channels 0-2 through its centre tap
+    (a 1×1 identity, so zero padding never enters) and is zero elsewhere: on a constant
+    image every LPIPS tap holds the ReLU of the scaled input colour in channels 0-2."""
+    state = {}
+    for index, (out_ch, in_ch) in TORCHVISION_VGG16_CONVS.items():
+        weight = torch.zeros(out_ch, in_ch, 3, 3)
+        weight[range(3), range(3), 1, 1] = 1.0
+        state[f"{index}.weight"], state[f"{index}.bias"] = weight, torch.zeros(out_ch)
+    return state
+
+
+def known_heads_state() -> dict:
+    """Head l weighs channel 0 by l + 1 and channel 1 by 0.5; the other channels get random
+    weights, which must not matter where the features agree."""
+    state = lpips_head_state()
+    for i, head in enumerate(state.values()):
+        head[0, 0], head[0, 1] = i + 1.0, 0.5
+    return state
+
+
+def constant_image(colour) -> torch.Tensor:
+    """A 1×3×32×32 image whose scaled input (x − shift)/scale is ``colour`` everywhere."""
+    shift, scale = torch.tensor([-0.030, -0.088, -0.188]), torch.tensor([0.458, 0.448, 0.450])
+    return (torch.tensor(colour) * scale + shift).view(1, 3, 1, 1).expand(1, 3, 32, 32).contiguous()
+
+
+@pytest.fixture
+def known_weight_files(tmp_path):
+    vgg, heads = tmp_path / "vgg16-pass-through.pth", tmp_path / "vgg-known.pth"
+    torch.save(pass_through_vgg16_state(), vgg)
+    torch.save(known_heads_state(), heads)
+    return vgg, heads
+
+
+def test_lpips_golden_values(known_weight_files):
+    """By hand, from the LPIPS paper's d = Σ_l mean_hw |w_l ⊙ (ŷ_a − ŷ_b)|² on known features.
+    a's scaled colour (0.6, 0.8, −0.5) gives features (0.6, 0.8, 0) after the ReLU, already of
+    unit norm; b's (0.8, 0.6, −0.5) gives (0.8, 0.6, 0). The squared differences are 0.04 in
+    channels 0 and 1 at every tap, so d = 0.04 · Σ_l (l + 1) + 0.04 · 0.5 · 5 = 0.6 + 0.1 = 0.7.
+    Doubling a's colour leaves its unit features, hence d, unchanged."""
+    lpips = LPIPS.from_files(*known_weight_files)
+    a, b = constant_image([0.6, 0.8, -0.5]), constant_image([0.8, 0.6, -0.5])
+    assert lpips(a, b).item() == pytest.approx(0.7, rel=1e-5)
+    assert lpips(b, a).item() == pytest.approx(0.7, rel=1e-5)
+    assert lpips(constant_image([1.2, 1.6, -0.5]), b).item() == pytest.approx(0.7, rel=1e-5)
+    # orthogonal unit features (0, 1, 0) and (1, 0, 0) differ by 1 in channels 0 and 1:
+    # d = Σ_l (l + 1) + 0.5 · 5 = 17.5
+    assert lpips(constant_image([0.0, 0.3, 0.0]), constant_image([0.2, 0.0, 0.0])).item() == pytest.approx(17.5, rel=1e-5)
+    assert lpips(a, a).item() == 0.0
+
+
+def test_perceptual_term_in_the_generator_loss(known_weight_files):
+    """x and x_rec are the golden pair (LPIPS 0.7): the generator loss is their L1 distance plus
+    half of 0.7. L1 by hand: |0.6 − 0.8| · 0.458 and |0.8 − 0.6| · 0.448 in two of the three
+    channels, so (0.0916 + 0.0896) / 3 = 0.0604."""
+    loss_fn = VQLPIPSWithDiscriminator(vgg_path=known_weight_files[0], lpips_path=known_weight_files[1],
+                                       perceptual_weight=0.5, use_discriminator=False)
+    x, x_rec = constant_image([0.6, 0.8, -0.5]), constant_image([0.8, 0.6, -0.5])
     loss, logs = loss_fn.generator_loss(torch.tensor(0.0), x, x_rec, global_step=0)
-    p_loss = loss_fn.perceptual_loss(x, x_rec).mean()
-    assert logs["train/p_loss"].item() == pytest.approx(p_loss.item())
-    assert loss.item() == pytest.approx(((x - x_rec).abs().mean() + 0.5 * p_loss).item(), rel=1e-6)
+    assert logs["train/p_loss"].item() == pytest.approx(0.7, rel=1e-5)
+    assert loss.item() == pytest.approx(0.0604 + 0.5 * 0.7, rel=1e-5)
 
 
 def test_missing_and_malformed_files(tmp_path, weight_files):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import lgvq.ops.backend as backend_module
+import lgvq.ops.relation as relation_module
 from lgvq.ops.relation import relation_alignment_loss, relation_alignment_reference
 
 def make_inputs(B, L, M, Dt, *, dtype=torch.float32, device="cpu", lengths=None):
@@ -100,10 +101,22 @@ def test_mask_dtypes_agree(mask_dtype):
     assert torch.equal(got, expected)
 
 
-def test_auto_on_cpu_is_the_reference():
+def test_auto_on_cpu_runs_the_reference(monkeypatch):
+    """CPU tensors take the torch path under ``auto``, even where the interpreter is on."""
+    calls = []
+
+    def spy(*args):
+        calls.append(args)
+        return relation_alignment_reference(*args)
+
+    def no_kernel(*args):
+        raise AssertionError("backend='auto' launched the Triton kernels on CPU tensors")
+
+    monkeypatch.setattr(relation_module, "relation_alignment_reference", spy)
+    monkeypatch.setattr(relation_module.RelationAlignment, "apply", no_kernel)
     words, mask, tokens, codes = make_inputs(2, 5, 6, 8)
-    expected = relation_alignment_reference(words, mask, tokens, codes)
-    assert torch.equal(relation_alignment_loss(words, mask, tokens, codes), expected)
+    loss = relation_alignment_loss(words, mask, tokens, codes)
+    assert len(calls) == 1 and torch.equal(loss, relation_alignment_reference(words, mask, tokens, codes))
 
 
 # --- properties, on both backends ---------------------------------------------------------

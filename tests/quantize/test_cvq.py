@@ -48,10 +48,13 @@ def test_reanchoring_follows_the_formula():
     assert (q.embedding.weight[0] - codebook[0]).norm() < 1e-9  # α_0 = e^-22.5
 
 
-def test_anchor_weights_formula():
-    prob = torch.tensor([0.0, 1e-4, 0.5])
-    expected = torch.exp(-prob * 3 * 10 / (1 - 0.99) - 1e-3)
-    assert torch.allclose(anchor_weights(prob, 0.99), expected)
+def test_anchor_weights_known_values():
+    # α = exp(−p·K·10/(1 − γ) − 1e-3) with K = 3, worked out by hand: γ = 0.99 gives exponents
+    # −0.001, −0.301, −1500.001; γ = 0.9 and p = 0.02 gives −6.001.
+    got = anchor_weights(torch.tensor([0.0, 1e-4, 0.5]), 0.99)
+    torch.testing.assert_close(got, torch.tensor([0.9990004998, 0.7400777727, 0.0]), rtol=1e-6, atol=1e-12)
+    got = anchor_weights(torch.tensor([0.02, 0.0, 0.0]), 0.9)
+    torch.testing.assert_close(got[0], torch.tensor(0.0024762747), rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

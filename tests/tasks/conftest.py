@@ -24,6 +24,16 @@ def assert_loss_decreased(losses: list[float], factor: float = 0.8) -> None:
     assert last < factor * first, f"loss went from {first:.4f} to {last:.4f}"
 
 
+def greedy_by_hand(transformer, batch_size: int, *, condition=None, cells=None) -> torch.Tensor:
+    """Greedy decoding written out: append the argmax of the last position's logits."""
+    codes = torch.zeros(batch_size, 0, dtype=torch.int64)
+    with torch.no_grad():
+        while codes.shape[1] < transformer.num_codes:
+            logits = transformer(codes, condition, cells)[:, -1]
+            codes = torch.cat([codes, logits.argmax(-1, keepdim=True)], dim=1)
+    return codes.view(batch_size, *transformer.grid)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """These tensors are tiny: intra-op threading costs more in synchronisation than it saves,

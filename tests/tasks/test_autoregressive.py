@@ -14,7 +14,7 @@ from lgvq.tasks import (
     frozen_codebook,
 )
 
-from .conftest import TINY, assert_loss_decreased, fit_settings
+from .conftest import TINY, assert_loss_decreased, fit_settings, greedy_by_hand
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +29,6 @@ def text_to_image(vq_model, text_encoder, codes):
     torch.manual_seed(0)
     t2i = TextToImage.build(vq_model, text_encoder, TINY)
     return t2i, t2i.fit(codes, fit_settings())
-
-
-def greedy_by_hand(transformer: CodeTransformer, batch_size: int) -> torch.Tensor:
-    codes = torch.zeros(batch_size, 0, dtype=torch.int64)
-    with torch.no_grad():
-        while codes.shape[1] < transformer.num_codes:
-            codes = torch.cat([codes, transformer(codes)[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return codes.view(batch_size, *transformer.grid)
 
 
 def test_filter_logits_top_k_and_top_p():
@@ -90,11 +82,16 @@ def test_text_to_image_training_reduces_the_loss(text_to_image):
 
 def test_text_to_image_generates_one_valid_grid_per_prompt(text_to_image, vq_model):
     t2i, _ = text_to_image
-    indices = t2i.generate(
-        ["a red circle", "two objects: a blue square and a green cross"], sampling=Sampling(top_k=8)
-    )
+    prompts = ["a red circle", "two objects: a blue square and a green cross"]
+    indices = t2i.generate(prompts, sampling=Sampling(top_k=8))
     assert indices.shape == (2, 8, 8) and 0 <= int(indices.min()) and int(indices.max()) < 256
     assert decode_codes(vq_model, indices).shape == (2, 3, 32, 32)
+    # greedy generation is conditioned on each row's own prompt: it equals decoding by hand
+    # with the prompts' features, and a prompt alone (no padding) gives the same grid as in
+    # the batch next to a longer prompt
+    greedy = t2i.generate(prompts, sampling=Sampling(top_k=1))
+    assert torch.equal(greedy, greedy_by_hand(t2i.transformer, 2, condition=t2i.encode_prompts(prompts)))
+    assert torch.equal(greedy[:1], t2i.generate(prompts[:1], sampling=Sampling(top_k=1)))
 
 
 @pytest.mark.parametrize(

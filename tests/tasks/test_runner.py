@@ -33,7 +33,11 @@ def test_run_all_tasks_reports_finite_metrics_for_every_task(
         results["text-to-image"]
     )
     assert {"bleu4", "rouge_l", "cider"} <= set(results["captioning"])
-    assert 0.0 <= results["vqa"]["accuracy"] <= 1.0
+    # accuracies are shares of the test questions: whole numbers of them, at most all
+    questions = len(data.vqa_test)
+    for key in ("accuracy", "majority_baseline"):
+        correct = results["vqa"][key] * questions
+        assert correct == pytest.approx(round(correct), abs=1e-4) and 0 <= round(correct) <= questions, key
     assert "psnr_lower" in results["completion"]
     assert {"layout_iou", "shape_recall", "test_nll"} <= set(results["semantic-synthesis"])
     assert results["reconstruction"]["real_layout_iou"] > 0.7  # the metric agrees with real images

@@ -7,7 +7,7 @@ import torch
 from lgvq.data import SEMANTIC_CLASSES, ShapesDataset
 from lgvq.tasks import SemanticSynthesis, Sampling, decode_codes, foreground_iou, layout_features
 
-from .conftest import TINY, assert_loss_decreased, fit_settings
+from .conftest import TINY, assert_loss_decreased, fit_settings, greedy_by_hand
 
 C = len(SEMANTIC_CLASSES)
 
@@ -65,6 +65,12 @@ def test_generation_gives_one_valid_grid_per_map(synthesis, vq_model, train_maps
     indices = synthesis[0].generate(train_maps[:3], sampling=Sampling(top_k=8))
     assert indices.shape == (3, 8, 8) and 0 <= int(indices.min()) and int(indices.max()) < 256
     assert decode_codes(vq_model, indices).shape == (3, 3, 32, 32)
+    # greedy generation follows each row's own map: it equals decoding by hand with the maps'
+    # layout cells, and a map alone gives the grid it gets in the batch
+    greedy = synthesis[0].generate(train_maps[:3], sampling=Sampling(top_k=1))
+    cells = synthesis[0].layout(train_maps[:3])
+    assert torch.equal(greedy, greedy_by_hand(synthesis[0].transformer, 3, cells=cells))
+    assert torch.equal(greedy[1:2], synthesis[0].generate(train_maps[1:2], sampling=Sampling(top_k=1)))
 
 
 @pytest.mark.parametrize("maps, message", [
