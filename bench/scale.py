@@ -185,9 +185,9 @@ def modules_table(n: int, k: int, d: int, device: torch.device, repeats: int, bu
     g = torch.randn(n, d, generator=gen).to(device)
     backend = lgvq_backend(device)
     quantizers = {
-        "VectorQuantizer l2": VectorQuantizer(k, d, BETA, backend=backend),
-        "VectorQuantizer cos": VectorQuantizer(k, d, BETA, metric="cos", backend=backend),
-        "ProjectedVectorQuantizer (SimVQ)": ProjectedVectorQuantizer(k, d, BETA, backend=backend),
+        "VectorQuantizer l2": VectorQuantizer(k, d, BETA, track_usage=True, backend=backend),
+        "VectorQuantizer cos": VectorQuantizer(k, d, BETA, metric="cos", track_usage=True, backend=backend),
+        "ProjectedVectorQuantizer (SimVQ)": ProjectedVectorQuantizer(k, d, BETA, track_usage=True, backend=backend),
     }
     repeats, budget_s = repeats_and_budget(n * k, repeats, budget_s, device)
     cases, outputs = [], {}
@@ -211,7 +211,8 @@ def training_model(k: int, d: int, eager: bool, device: torch.device) -> torch.n
     model = build_model("vqvae-tiny", n_embed=k, embed_dim=d, backend=lgvq_backend(device))
     if eager:
         lgvq_quantizer = model.quantize
-        model.quantize = EagerVectorQuantizer(k, d, model.config.beta, sane_index_shape=True)
+        model.quantize = EagerVectorQuantizer(k, d, model.config.beta, sane_index_shape=True, legacy=False,
+                                              track_usage=True)
         model.quantize.load_state_dict(lgvq_quantizer.state_dict())
     return model.to(device).train()
 

@@ -40,7 +40,9 @@ class VQModelConfig:
     n_embed: int = 1024  # codebook size K
     quantizer: str = "vq"  # "vq" | "ema" | "cvq"
     beta: float = 0.25
-    legacy: bool = False  # taming's default VectorQuantizer2 weighting (beta on the codebook term)
+    # lgvq's models use the fixed weighting (beta on the commitment term) unless an entry says
+    # legacy=True (taming's VectorQuantizer2 default, and VectorQuantizer's: beta on the codebook term)
+    legacy: bool = False
     metric: str = "l2"
     kmeans_init: bool = False
     dead_code_threshold: float = 0.0
@@ -76,7 +78,7 @@ class VQModelConfig:
 def build_quantizer(config: VQModelConfig) -> VectorQuantizer:
     common = dict(
         metric=config.metric, kmeans_init=config.kmeans_init, dead_code_threshold=config.dead_code_threshold,
-        sane_index_shape=True, backend=config.backend,
+        sane_index_shape=True, track_usage=True, backend=config.backend,
     )
     if config.quantizer == "cvq":
         return ClusteredVectorQuantizer(

@@ -177,7 +177,8 @@ class ClusteredVectorQuantizer(VectorQuantizer):
             ``first_batch=True``, its "offline" variant).
         contrastive: add the release's code-vs-features contrastive loss (LG-VQ enables it).
         **kwargs: VectorQuantizer's keyword options (metric, kmeans_init, dead_code_threshold,
-            usage_window, sane_index_shape, backend). ``ema`` and ``legacy`` are not supported.
+            track_usage, usage_window, sane_index_shape, backend). ``ema`` and ``legacy`` are not
+            supported: the loss is always ``legacy=False``'s (beta on the commitment term).
     """
 
     def __init__(
@@ -201,7 +202,10 @@ class ClusteredVectorQuantizer(VectorQuantizer):
                 "ClusteredVectorQuantizer uses the CVQ release's loss (beta on the commitment term); "
                 "legacy=True is not supported"
             )
-        super().__init__(n_e, e_dim, beta, **kwargs)
+        if first_batch_only and not kwargs.setdefault("track_usage", True):
+            raise ValueError("first_batch_only=True counts steps with the usage statistic: it needs track_usage=True")
+        kwargs.pop("legacy", None)
+        super().__init__(n_e, e_dim, beta, legacy=False, **kwargs)
         check_choice("anchor", anchor, ANCHORS)
         if not 0.0 < cvq_decay < 1.0:
             raise ValueError(f"cvq_decay must lie in (0, 1), got {cvq_decay}")

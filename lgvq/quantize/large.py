@@ -7,7 +7,8 @@ W, so codes nobody picks follow the used ones instead of dying.
 
 * SimVQ (Zhu et al., "Addressing Representation Collapse in Vector Quantized Models with One
   Linear Layer", 2024): C (K, d) frozen at N(0, 1/d), W (d, d) — ``ProjectedVectorQuantizer(K, d)``.
-  Its release uses taming's ``legacy=True`` loss weighting; pass ``legacy=True`` to match.
+  Its release uses taming's ``legacy=True`` loss weighting; this module defaults to
+  ``legacy=False`` (beta on the commitment term): pass ``legacy=True`` to match.
 * VQGAN-LC (Zhu et al., "Scaling the Codebook Size of VQGAN to 100,000 with a Utilization Rate
   of 99%", 2024): C the k-means centroids of pre-extracted image features (CLIP, d_c = 768),
   W a projection d_c → d initialised N(0, 1/d) — ``ProjectedVectorQuantizer.from_features``.
@@ -43,9 +44,10 @@ class ProjectedVectorQuantizer(VectorQuantizer):
         n_e: number of codes K.
         e_dim: code dimension d (that of z).
         beta: commitment weight, as VectorQuantizer.
+        legacy: VectorQuantizer's weighting switch, default False here (see the module docs).
         code_dim: dimension d_c of the frozen codebook C (default: ``codes.shape[1]``, else e_dim).
         codes: the frozen codebook C (K, d_c); default N(0, 1/d_c) entries (SimVQ's init).
-        **kwargs: VectorQuantizer's keyword options (metric, legacy, usage_window,
+        **kwargs: VectorQuantizer's keyword options (metric, track_usage, usage_window,
             sane_index_shape, backend). ``ema``, ``kmeans_init`` and ``dead_code_threshold``
             rewrite codes in place and are rejected: here codes move through W only.
 
@@ -61,6 +63,7 @@ class ProjectedVectorQuantizer(VectorQuantizer):
         *,
         code_dim: int | None = None,
         codes: torch.Tensor | None = None,
+        legacy: bool = False,
         **kwargs,
     ):
         for option in _CODE_WRITING_OPTIONS:
@@ -70,7 +73,7 @@ class ProjectedVectorQuantizer(VectorQuantizer):
                     "and the codes move through the learned projection only"
                 )
         code_dim = _resolve_code_dim(n_e, e_dim, code_dim, codes)
-        super().__init__(n_e, e_dim, beta, **kwargs)
+        super().__init__(n_e, e_dim, beta, legacy=legacy, **kwargs)
         if code_dim != e_dim:  # the base class made a (K, e_dim) codebook; C lives in d_c
             self.embedding = nn.Embedding(n_e, code_dim)
         self.embedding.weight.requires_grad_(False)

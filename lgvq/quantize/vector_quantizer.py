@@ -2,22 +2,31 @@
 
 Two faces:
 
-* taming-compatible — ``VectorQuantizer(n_e, e_dim, beta)``, codebook in
-  ``embedding.weight``, ``forward(z)`` on (B, C, H, W) returning
-  ``(z_q, loss, (perplexity, None, indices))`` and ``get_codebook_entry(indices, shape)``,
-  so taming-based code (the LG-VQ release among it) swaps it in by changing one import;
-* modern — ``quantize(z)`` on channels-last (..., d) returning a ``QuantizerOutput``.
+* taming's — ``VectorQuantizer(n_e, e_dim, beta)`` takes taming-transformers'
+  ``VectorQuantizer2`` arguments with their defaults and meaning (``legacy=True`` weighting,
+  ``remap`` / ``unknown_index`` index remapping, ``sane_index_shape``), keeps the codebook in
+  ``embedding.weight``, and ``forward(z)`` on (B, C, H, W) returns
+  ``(z_q, loss, (perplexity, None, indices))``; ``get_codebook_entry(indices, shape)`` inverts
+  it. Taming-based code (the LG-VQ release among it) swaps it in by changing one import, and
+  with the statistics off (the default) its state dict is taming's, so checkpoints go both ways.
+  One difference: taming returns ``perplexity=None``, this returns the batch's perplexity.
+* modern — ``quantize(z)`` on channels-last (..., d) returning a ``QuantizerOutput``, with
+  lgvq's conventions: indices always shaped ``z.shape[:-1]`` and never remapped.
 
 Options: cosine codes, EMA codebook updates (decay, Laplace smoothing, no codebook
 gradient), k-means initialisation from the first training batch, dead-code restarts from
-the batch, running codebook usage and perplexity. Non-gradient state is synchronised over
-ranks when a process group is initialised (``lgvq.quantize.distributed``).
+the batch, a running codebook-usage statistic, perplexity. Non-gradient state is
+synchronised over ranks when a process group is initialised (``lgvq.quantize.distributed``).
+Each option's buffers exist only while it is on, so the state dict holds only what the
+enabled features need.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,7 +44,8 @@ class QuantizerOutput:
     indices: torch.Tensor  # int64, z.shape[:-1]
     loss: torch.Tensor  # fp32 scalar: commitment (+ codebook term unless EMA)
     perplexity: torch.Tensor  # exp(entropy) of this batch's code histogram
-    usage: torch.Tensor  # fraction of codes used within the last ``usage_window`` training steps
+    usage: torch.Tensor | None  # fraction of codes used in the last ``usage_window`` training steps
+    # (None unless the quantizer was built with track_usage=True)
 
 
 def perplexity_from_counts(counts: torch.Tensor) -> torch.Tensor:
@@ -49,20 +59,35 @@ class VectorQuantizer(nn.Module):
     Args:
         n_e: number of codes K.
         e_dim: code dimension d.
-        beta: commitment weight. ``loss = beta*mean((z - sg(e))^2) + mean((sg(z) - e)^2)``
-            (taming ``legacy=False``); with ``legacy=True`` the weights swap, as taming's
-            default does: ``mean((z - sg(e))^2) + beta*mean((sg(z) - e)^2)``.
+        beta: the weight taming's ``VectorQuantizer2`` gives it. With ``legacy=True``
+            (taming's default): ``loss = mean((z - sg(e))^2) + beta*mean((sg(z) - e)^2)``;
+            with ``legacy=False`` (taming's fix, CVQ-VAE's and ``lgvq.ops.vector_quantize``'s
+            convention): ``loss = beta*mean((z - sg(e))^2) + mean((sg(z) - e)^2)``. With
+            ``ema=True`` there is no codebook term and ``loss = beta*mean((z - sg(e))^2)``.
+        remap: taming's post-hoc index remapping: a ``.npy`` file of the U code indices in use
+            (``used``). The taming face then returns, for code ``k``, its position in ``used``
+            (indices shaped (N, 1), or (B, H, W) with ``sane_index_shape``), and
+            ``get_codebook_entry`` maps positions back to codes.
+        unknown_index: what a code missing from ``used`` becomes: ``"random"`` (a random
+            position, taming's default), ``"extra"`` (the extra position U) or an int.
+        sane_index_shape: indices shaped (B, H, W) instead of flat, as in taming.
+        legacy: taming's loss weighting (default True, as in taming); see ``beta``.
         metric: ``"l2"`` or ``"cos"`` (z and codes L2-normalised, as in ViT-VQGAN / lucidrains).
-        ema: update codes as EMA of assigned vectors instead of by gradient; the loss is then
-            the commitment term alone.
-        decay, eps: EMA decay and Laplace smoothing of the EMA counts.
+        ema: update codes as EMA of assigned vectors instead of by gradient.
+        decay, eps: EMA decay and Laplace smoothing of the EMA counts (``decay`` also sets the
+            averaging of the dead-code usage statistic).
         kmeans_init: initialise the codebook by k-means on the first training batch
             (``kmeans_iters`` Lloyd steps; over all ranks' vectors when distributed).
         dead_code_threshold: restart codes whose EMA usage (assignments per step) falls below
             it with random vectors of the current batch; 0 disables.
-        usage_window: the window, in training steps, of the running usage statistic.
-        sane_index_shape: taming's flag — indices shaped (B, H, W) instead of flat.
+        track_usage: keep the running codebook-usage statistic (``QuantizerOutput.usage``,
+            ``codebook_usage()``) over the last ``usage_window`` training steps.
         backend: ``"auto" | "triton" | "torch"``, passed to the ops.
+
+    Buffers, and so state-dict keys, exist only for the features that are on: ``ema_counts``
+    and ``ema_sums`` (ema), ``initialized`` (kmeans_init), ``usage_ema`` (dead-code restarts),
+    ``last_used`` and ``step`` (track_usage), ``used`` (remap). With none on, the state dict
+    is taming's: ``embedding.weight`` (plus ``used`` with remap).
     """
 
     def __init__(
@@ -70,37 +95,37 @@ class VectorQuantizer(nn.Module):
         n_e: int,
         e_dim: int,
         beta: float = 0.25,
+        remap: str | os.PathLike | None = None,
+        unknown_index: str | int = "random",
+        sane_index_shape: bool = False,
+        legacy: bool = True,
         *,
         metric: str = "l2",
-        legacy: bool = False,
         ema: bool = False,
         decay: float = 0.99,
         eps: float = 1e-5,
         kmeans_init: bool = False,
         kmeans_iters: int = 10,
         dead_code_threshold: float = 0.0,
+        track_usage: bool = False,
         usage_window: int = 100,
-        sane_index_shape: bool = False,
-        remap=None,
         backend: str = "auto",
     ):
         super().__init__()
         check_positive("n_e", n_e)
         check_positive("e_dim", e_dim)
-        check_positive("beta", beta, allow_zero=not legacy)
+        check_positive("beta", beta, allow_zero=not legacy or ema)
         check_choice("metric", metric, METRICS)
         if not 0.0 < decay < 1.0:
             raise ValueError(f"decay must lie in (0, 1), got {decay}")
         check_positive("dead_code_threshold", dead_code_threshold, allow_zero=True)
         check_positive("usage_window", usage_window)
-        if remap is not None:
-            raise ValueError("remap (taming's index remapping) is not supported; pass remap=None")
         self.n_e, self.e_dim, self.beta = n_e, e_dim, float(beta)
         self.metric, self.legacy, self.ema = metric, legacy, ema
         self.decay, self.eps = decay, eps
-        self.kmeans_iters = kmeans_iters
+        self.kmeans_init, self.kmeans_iters = kmeans_init, kmeans_iters
         self.dead_code_threshold = dead_code_threshold
-        self.usage_window = usage_window
+        self.track_usage, self.usage_window = track_usage, usage_window
         self.sane_index_shape = sane_index_shape
         self.backend = backend
 
@@ -111,10 +136,19 @@ class VectorQuantizer(nn.Module):
             # every code starts as if it had one assigned vector: itself
             self.register_buffer("ema_counts", torch.ones(n_e))
             self.register_buffer("ema_sums", self.embedding.weight.detach().clone())
-        self.register_buffer("initialized", torch.tensor(not kmeans_init))
-        self.register_buffer("usage_ema", torch.zeros(n_e))
-        self.register_buffer("last_used", torch.full((n_e,), -1, dtype=torch.int64))
-        self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+        if kmeans_init:
+            self.register_buffer("initialized", torch.tensor(False))
+        if dead_code_threshold > 0:
+            self.register_buffer("usage_ema", torch.zeros(n_e))
+        if track_usage:
+            self.register_buffer("last_used", torch.full((n_e,), -1, dtype=torch.int64))
+            self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+        self.remap = remap
+        self.re_embed = n_e  # the number of distinct indices the taming face returns
+        if remap is not None:
+            self.register_buffer("used", _load_used_indices(remap, n_e))
+            self.unknown_index = _check_unknown_index(unknown_index, len(self.used))
+            self.re_embed = len(self.used) + (unknown_index == "extra")
 
     @property
     def codebook(self) -> torch.Tensor:
@@ -122,8 +156,19 @@ class VectorQuantizer(nn.Module):
 
     # ---- the two call styles ------------------------------------------------------------
 
-    def forward(self, z: torch.Tensor):
-        """taming face: z (B, C, *spatial) → (z_q, loss, (perplexity, None, indices))."""
+    def forward(self, z: torch.Tensor, temp=None, rescale_logits: bool = False, return_logits: bool = False):
+        """taming face: z (B, C, *spatial) → (z_q, loss, (perplexity, None, indices)).
+
+        ``temp``, ``rescale_logits`` and ``return_logits`` exist, as in taming, only so that
+        code written for its GumbelQuantize calls this unchanged: taming accepts only their
+        neutral values (``None`` or 1.0, False, False), and so does this.
+        """
+        if not (temp is None or temp == 1.0):
+            raise ValueError(f"temp must be None or 1.0 (taming's interface, for GumbelQuantize), got {temp}")
+        if rescale_logits or return_logits:
+            raise ValueError(
+                "rescale_logits and return_logits must be False (taming's interface, for GumbelQuantize)"
+            )
         check_tensor("z", z, min_ndim=3, finite=False)
         if z.shape[1] != self.e_dim:
             raise ValueError(
@@ -131,18 +176,24 @@ class VectorQuantizer(nn.Module):
                 "For channels-last (..., d) inputs call .quantize(z)."
             )
         out = self.quantize(z.movedim(1, -1))
-        indices = out.indices if self.sane_index_shape else out.indices.reshape(-1)
+        indices = out.indices
+        if self.remap is not None:
+            indices = self.remap_to_used(indices)
+        if self.sane_index_shape:
+            indices = indices.reshape(out.indices.shape)  # (B, *spatial)
+        else:  # taming's shapes: flat, or (N, 1) once remapped
+            indices = indices.reshape(-1, 1) if self.remap is not None else indices.reshape(-1)
         return out.z_q.movedim(-1, 1), out.loss, (out.perplexity, None, indices)
 
     def quantize(self, z: torch.Tensor) -> QuantizerOutput:
-        """Modern face: z (..., d) channels-last → QuantizerOutput."""
+        """Modern face: z (..., d) channels-last → QuantizerOutput (indices of codebook rows)."""
         check_tensor("z", z, min_ndim=1, finite=False)
         if z.shape[-1] != self.e_dim:
             raise ValueError(f"z must have last dimension e_dim={self.e_dim}, got shape {tuple(z.shape)}")
         flat = z.reshape(-1, self.e_dim)
         if self.metric == "cos":
             flat = F.normalize(flat, dim=-1)
-        if self.training and not bool(self.initialized):
+        if self.kmeans_init and self.training and not bool(self.initialized):
             self._kmeans_init(flat.detach())
 
         z_q, idx, loss = self._quantize_flat(flat)
@@ -157,23 +208,49 @@ class VectorQuantizer(nn.Module):
                 # may run on some ranks only (rank 0, say), where a collective would wait forever.
                 all_reduce_sum_(*(t for t in (counts, sums) if t is not None))
                 self._training_updates(flat.detach(), counts, sums)
-            usage = self.codebook_usage()
+            usage = self.codebook_usage() if self.track_usage else None
         return QuantizerOutput(
             z_q=z_q.view(z.shape), indices=idx.view(z.shape[:-1]), loss=loss,
             perplexity=perplexity_from_counts(counts), usage=usage,
         )
 
     def get_codebook_entry(self, indices: torch.Tensor, shape=None) -> torch.Tensor:
-        """Codes for ``indices``; with taming's ``shape`` (B, H, W, C) returned as (B, C, H, W)."""
+        """Codes for ``indices``; with taming's ``shape`` (B, H, W, C) returned as (B, C, H, W).
+        With ``remap``, ``indices`` are positions in ``used``, as the taming face returns them."""
         check_tensor("indices", indices, dtypes=(torch.int64, torch.int32), finite=False)
-        if bool((indices < 0).any()) or bool((indices >= self.n_e).any()):
-            raise ValueError(f"indices must lie in [0, {self.n_e})")
-        codes = self._entries(indices.long())
+        if bool((indices < 0).any()) or bool((indices >= self.re_embed).any()):
+            raise ValueError(f"indices must lie in [0, {self.re_embed})")
+        indices = indices.long()
+        if self.remap is not None:
+            indices = self.unmap_to_all(indices)
+        codes = self._entries(indices)
         if self.metric == "cos":
             codes = F.normalize(codes, dim=-1)
         if shape is not None:
             codes = codes.view(shape).permute(0, 3, 1, 2).contiguous()
         return codes
+
+    # ---- taming's index remapping --------------------------------------------------------
+
+    def remap_to_used(self, indices: torch.Tensor) -> torch.Tensor:
+        """Code indices → their positions in ``used`` (the first, if listed twice); codes not
+        in ``used`` become ``unknown_index`` (a random position for ``"random"``)."""
+        count = len(self.used)
+        # position of each code in ``used`` through an (n_e,) table: O(N + K), no (N, U) match
+        table = torch.full((self.n_e,), count, dtype=torch.int64, device=indices.device)
+        table.scatter_reduce_(0, self.used.to(indices.device), torch.arange(count, device=indices.device), "amin")
+        positions = table[indices]
+        unknown = positions == count
+        if self.unknown_index == "random":
+            # taming's draw (global RNG, same call), so seeded runs pick the same positions
+            positions[unknown] = torch.randint(0, self.re_embed, size=positions[unknown].shape).to(indices.device)
+        else:
+            positions[unknown] = self.unknown_index
+        return positions
+
+    def unmap_to_all(self, indices: torch.Tensor) -> torch.Tensor:
+        """Positions in ``used`` → code indices; the extra position maps to ``used[0]``, as in taming."""
+        return self.used.to(indices.device)[indices.masked_fill(indices >= len(self.used), 0)]
 
     # ---- internals ---------------------------------------------------------------------
 
@@ -207,12 +284,13 @@ class VectorQuantizer(nn.Module):
         return z_q, idx, loss
 
     def _training_updates(self, flat: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor | None) -> None:
-        self.step += 1
-        self.last_used[counts > 0] = self.step
-        self.usage_ema.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        if self.track_usage:
+            self.step += 1
+            self.last_used[counts > 0] = self.step
         if sums is not None:
             self._ema_update(counts, sums)
         if self.dead_code_threshold > 0:
+            self.usage_ema.mul_(self.decay).add_(counts, alpha=1 - self.decay)
             self._restart_dead_codes(flat, counts)
 
     def _ema_update(self, counts: torch.Tensor, sums: torch.Tensor) -> None:
@@ -258,19 +336,61 @@ class VectorQuantizer(nn.Module):
 
     def codebook_usage(self) -> torch.Tensor:
         """Fraction of codes assigned at least once in the last ``usage_window`` training steps."""
+        if not self.track_usage:
+            raise RuntimeError("codebook_usage() needs the quantizer built with track_usage=True")
         recent = (self.last_used >= 0) & (self.step - self.last_used < self.usage_window)
         return recent.float().mean()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """A taming checkpoint holds only ``embedding.weight``: keep this module's own
-        statistics for the buffers it lacks, so such checkpoints load with strict=True."""
+        """Checkpoints of other configurations load with strict=True: a buffer this module has
+        and the checkpoint lacks (a taming checkpoint holds only ``embedding.weight``) keeps its
+        current value; a statistic of a feature that is off here (a checkpoint written when
+        every lgvq quantizer kept them all) is dropped. A loaded codebook counts as initialised:
+        k-means initialisation does not overwrite it."""
         if prefix + "embedding.weight" in state_dict:
-            for name, buf in self.named_buffers(recurse=False):
+            own = dict(self.named_buffers(recurse=False))
+            if "initialized" in own:  # the checkpoint's codebook must not be replaced by k-means
+                state_dict.setdefault(prefix + "initialized", torch.tensor(True))
+            for name, buf in own.items():
                 state_dict.setdefault(prefix + name, buf)
+            for name in OPTIONAL_STATISTICS - own.keys():
+                state_dict.pop(prefix + name, None)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return (
-            f"n_e={self.n_e}, e_dim={self.e_dim}, beta={self.beta}, metric={self.metric!r}, "
+            f"n_e={self.n_e}, e_dim={self.e_dim}, beta={self.beta}, legacy={self.legacy}, metric={self.metric!r}, "
             f"ema={self.ema}, dead_code_threshold={self.dead_code_threshold}, backend={self.backend!r}"
         )
+
+
+#: The statistics buffers of optional features (see the class docstring).
+OPTIONAL_STATISTICS = frozenset({"initialized", "usage_ema", "last_used", "step"})
+
+
+def _load_used_indices(path, n_e: int) -> torch.Tensor:
+    """taming's ``remap`` file: a 1-D .npy array of distinct code indices in [0, n_e)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"remap must be the path of a .npy file of used code indices, got {type(path).__name__}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"remap file not found: {path}")
+    used = torch.from_numpy(np.asarray(np.load(path)))
+    if used.dim() != 1 or used.numel() == 0 or used.dtype.is_floating_point or used.dtype == torch.bool:
+        raise ValueError(f"remap file {path} must hold a non-empty 1-D integer array, got {used.dtype} {tuple(used.shape)}")
+    used = used.long()
+    if bool((used < 0).any()) or bool((used >= n_e).any()):
+        raise ValueError(f"remap file {path} holds indices outside [0, n_e={n_e})")
+    return used
+
+
+def _check_unknown_index(unknown_index, num_used: int):
+    """"random", "extra" (→ the extra position num_used) or an int position."""
+    if unknown_index == "extra":
+        return num_used
+    if unknown_index == "random":
+        return unknown_index
+    if isinstance(unknown_index, bool) or not isinstance(unknown_index, int) or not 0 <= unknown_index < num_used:
+        raise ValueError(
+            f"unknown_index must be 'random', 'extra' or an int in [0, {num_used}), got {unknown_index!r}"
+        )
+    return unknown_index

@@ -29,7 +29,9 @@ pytestmark = pytest.mark.slow  # the spawn of two interpreters: ~6-12 s on 2 cor
 # ---- scenarios: each runs on every rank and returns what the tests compare ----------------------
 
 def make_ema_quantizer() -> VectorQuantizer:
-    return VectorQuantizer(16, 3, ema=True, kmeans_init=True, dead_code_threshold=0.5, decay=0.9).train()
+    return VectorQuantizer(
+        16, 3, ema=True, kmeans_init=True, dead_code_threshold=0.5, decay=0.9, track_usage=True
+    ).train()
 
 
 def global_batches() -> torch.Tensor:
@@ -74,7 +76,7 @@ def ema_kmeans_restarts(rank: int) -> dict:
 
 def cvq_steps(rank: int) -> dict:
     torch.manual_seed(0)  # one initial codebook, as DDP's parameter broadcast would give
-    q = ClusteredVectorQuantizer(16, 3, contrastive=True, dead_code_threshold=0.5).train()
+    q = ClusteredVectorQuantizer(16, 3, contrastive=True, dead_code_threshold=0.5, track_usage=True).train()
     torch.manual_seed(10 + rank)
     for _ in range(STEPS):
         q.quantize(torch.randn(24, 3) + rank).loss.backward()
@@ -100,7 +102,7 @@ def uneven_restart(rank: int) -> dict:
 
 def evaluate_on_rank_zero(rank: int) -> dict:
     torch.manual_seed(0)
-    q = VectorQuantizer(8, 2, ema=True, dead_code_threshold=0.5).train()
+    q = VectorQuantizer(8, 2, ema=True, dead_code_threshold=0.5, track_usage=True).train()
     if rank == 0:  # e.g. a validation pass on rank 0 only: must not enter a collective
         q.eval().quantize(torch.randn(5, 2))
         q.train()

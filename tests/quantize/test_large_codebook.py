@@ -168,7 +168,7 @@ def test_large_codebook_forward_backward_in_bounded_memory(name):
 
 
 def test_usage_statistics_at_large_k_are_exact():
-    q = VectorQuantizer(LARGE_K, 8, usage_window=2, backend="torch").train()
+    q = VectorQuantizer(LARGE_K, 8, track_usage=True, usage_window=2, backend="torch").train()
     q.embedding.weight.data.normal_()
     hits = torch.tensor([5, 5, 5, 77, 1000, LARGE_K - 1])
     out = q.quantize(q.embedding.weight.detach()[hits].clone())  # each row sits on its code

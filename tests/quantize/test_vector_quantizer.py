@@ -1,5 +1,6 @@
-"""VectorQuantizer: the taming-compatible face against taming's formula written out here,
-the modern face, EMA / k-means / dead-code restarts / usage, and bad input."""
+"""VectorQuantizer: the taming-compatible face against taming's formula written out here
+(test_taming_face.py compares it with taming's whole module), the modern face, EMA /
+k-means / dead-code restarts / usage, and bad input."""
 
 import pytest
 import torch
@@ -131,18 +132,18 @@ def test_dead_code_is_restarted_from_the_batch():
 def test_restart_keeps_backward_consistent():
     """Restarts write the codebook in place after the forward; backward still sees the
     codebook the forward used (no autograd version error, gradient of the used codes)."""
-    q = VectorQuantizer(4, 2, dead_code_threshold=10.0)
+    q = VectorQuantizer(4, 2, dead_code_threshold=10.0, legacy=False)
     z = torch.randn(6, 2, requires_grad=True)
     used = q.embedding.weight.detach().clone()
     out = q.train().quantize(z)
     out.loss.backward()
     e = used[out.indices]
-    expected = 2 * 0.25 * (z.detach() - e) / z.numel()
+    expected = 2 * 0.25 * (z.detach() - e) / z.numel()  # legacy=False: beta on the commitment term
     assert torch.allclose(z.grad, expected, atol=1e-6)
 
 
 def test_usage_counts_codes_within_window():
-    q = VectorQuantizer(4, 1, usage_window=2).train()
+    q = VectorQuantizer(4, 1, track_usage=True, usage_window=2).train()
     q.embedding.weight.data = torch.tensor([[0.0], [10.0], [20.0], [30.0]])
     q.quantize(torch.tensor([[0.0], [10.0]]))  # step 1: codes 0, 1
     assert q.codebook_usage().item() == 0.5
@@ -150,6 +151,9 @@ def test_usage_counts_codes_within_window():
     assert q.codebook_usage().item() == 0.75
     out = q.quantize(torch.tensor([[20.0]]))  # step 3: codes 0/1 fall out of the window
     assert out.usage.item() == 0.25
+    assert VectorQuantizer(4, 1).quantize(torch.zeros(2, 1)).usage is None  # off by default, as in taming
+    with pytest.raises(RuntimeError, match="track_usage=True"):
+        VectorQuantizer(4, 1).codebook_usage()
 
 
 def test_eval_mode_leaves_state_alone():
@@ -182,7 +186,6 @@ def test_bad_calls(call, err, msg):
         (dict(n_e=0, e_dim=4), "n_e must be > 0"),
         (dict(n_e=4, e_dim=4, metric="dot"), "metric"),
         (dict(n_e=4, e_dim=4, decay=1.5), "decay"),
-        (dict(n_e=4, e_dim=4, remap="x.npy"), "remap"),
         (dict(n_e=4, e_dim=4, beta=0.0, legacy=True), "beta must be > 0"),
     ],
 )

@@ -117,7 +117,7 @@ def test_two_ranks_match_one_process_on_the_global_batch(ranks, tmp_path):
     # and the EMA codebook statistics directly.
     weights = [k for k in single if "quantize" not in k]
     assert _update_cosine(rank0, initial, single, weights) > 0.99
-    for key in ["model.quantize.ema_counts", "model.quantize.usage_ema", "model.quantize.last_used"]:
+    for key in ["model.quantize.ema_counts", "model.quantize.ema_sums", "model.quantize.last_used"]:
         assert torch.allclose(rank0[key].float(), single[key].float(), atol=1e-5), key
 
 
