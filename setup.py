@@ -17,7 +17,7 @@ FID = ["torch-fidelity>=0.3"]  # FID from local Inception weights; it declares t
 TEST = [
     "pytest>=7.4", "pytest-xdist>=3.3", "build>=1.0",
     "triton>=3.0; platform_system == 'Linux'",  # CUDA torch brings it; on CPU the tests run its interpreter
-    "vector-quantize-pytorch>=1.20",  # oracle of the drop-in tests
+    "vector-quantize-pytorch==1.32.0",  # oracle of the drop-in tests (lgvq.compat): the version they pass with
 ]
 BENCH = ["faiss-cpu>=1.7.4", "vector-quantize-pytorch>=1.20", "pytest-benchmark>=4.0"]
 

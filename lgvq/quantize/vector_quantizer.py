@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -374,6 +373,8 @@ def _load_used_indices(path, n_e: int) -> torch.Tensor:
         raise TypeError(f"remap must be the path of a .npy file of used code indices, got {type(path).__name__}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"remap file not found: {path}")
+    import numpy as np  # only taming's remap files need it
+
     used = torch.from_numpy(np.asarray(np.load(path)))
     if used.dim() != 1 or used.numel() == 0 or used.dtype.is_floating_point or used.dtype == torch.bool:
         raise ValueError(f"remap file {path} must hold a non-empty 1-D integer array, got {used.dtype} {tuple(used.shape)}")
