@@ -129,11 +129,13 @@ def test_mtp_masks_words_only_and_scores_them_against_every_visual_token(text_en
     torch.testing.assert_close(out.mtp, guidance.mtp.loss(logits, text.tokens.ids[mask]))
 
 
-def test_mtp_hides_the_masked_words_and_ignores_padding(text_encoder, text):
+@pytest.mark.parametrize("flavour", ["lgvq", "release"])
+def test_mtp_hides_the_masked_words_and_ignores_padding(text_encoder, text, flavour):
     """Whatever the word features at masked or padding positions are, the prediction is the
     same: masked positions read the learned mask vectors, padding is zeroed (contextual input:
-    the features are used as given)."""
-    guidance = make_guidance(text_encoder, mtp_input="contextual")
+    the features are used as given). The release attends to padding, so there only the
+    zeroing keeps its features out."""
+    guidance = make_guidance(text_encoder, mtp_input="contextual", flavour=flavour)
     mask = torch.zeros_like(text.tokens.special_mask)
     mask[0, 3] = mask[1, 2] = mask[2, 5] = True
     padding = text.tokens.attention_mask == 0
