@@ -9,9 +9,33 @@ When N is small the row blocks alone cannot fill the GPU, so the codebook is spl
 across a second grid axis: every split writes its own (score, index) per row and the
 launcher reduces over splits (a two-stage reduction over an (S, N) buffer, S small).
 Ties resolve to the lowest code index at every stage, matching ``torch.argmin``.
+
+Two loop shapes (``SINGLE_D``): when a padded row takes at most ``MAX_SINGLE_D_BYTES``
+(fp32 d ≤ 128, fp16/bf16 d ≤ 256), the x tile is loaded once and stays in shared memory
+for every code tile, and the code loop is the software-pipelined one. Wider rows are cut
+into ``TILED_BLOCK_D`` slices and the d loop is the pipelined one; its prologue restarts
+for every code tile, which costs little because that loop has at least 4 (fp32) or 8
+(16-bit) steps. The per-tile argmin epilogue runs between the tiles' dots (Triton 3.6 does
+not overlap them without warp specialisation); the x-once loop keeps it small by using
+tiles of at least 64 codes.
+
+Precision (``fp32_dot_precision``): fp16/bf16 products are exact in the fp32 accumulator.
+fp32 inputs use 3xTF32 (``"tf32x3"``: tensor cores, about fp32 accuracy) while torch's
+``float32_matmul_precision`` is ``"highest"`` and TF32 once the user allows it. Plain
+IEEE fp32 FMA dots are never chosen: on sm_90 they reach 255 registers and spill, and take
+tens of seconds to compile per config. ``argmin_tolerance`` states how far from the exact
+(fp64) optimum the chosen code may be.
+
+Resources: every autotune config is pruned by the shared memory it needs
+(``shared_memory_bytes``) against the device's real per-block limit; when none fits, the
+smallest tile (``FALLBACK``), which fits every d, is used. ``bench/compile_check.py``
+compiles every config the launcher can choose for sm_90 and sm_80 and checks this model
+against ptxas.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -21,95 +45,186 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-# Every split's code range is a multiple of this, so it is a multiple of every BLOCK_K.
-SPLIT_ALIGN = 128
-# d up to this is held in one tile (x loaded once per program); larger d is tiled.
-MAX_SINGLE_D = 256
+#: A padded row of at most this many bytes is held whole (x loaded once per program).
+MAX_SINGLE_D_BYTES = 512
+#: The d slice of the tiled loop for wider rows.
 TILED_BLOCK_D = 64
+#: Smallest d tile ``tl.dot`` accepts for every dtype.
+MIN_BLOCK_D = 16
+#: Per-block shared memory limit (bytes, opt-in maximum) by compute capability, for
+#: offline use (the compile gate); on a GPU the device's own value is read.
+SHARED_MEMORY_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
+DEFAULT_ARCH = 90
+#: Codebook splits aim at this many resident programs per SM.
+PROGRAMS_PER_SM = 2
+
+#: (BLOCK_N, BLOCK_K, num_warps, num_stages). BLOCK_N ≥ 64 with 4 or 8 warps lets Triton
+#: emit wgmma on Hopper for bf16/fp16 and tf32; the prune keeps the ones that fit.
+GPU_TILES = [
+    (128, 128, 8, 3),
+    (128, 128, 8, 2),
+    (128, 64, 4, 3),
+    (64, 128, 4, 3),
+    (256, 64, 8, 3),
+    (64, 64, 4, 4),
+    (64, 64, 4, 2),
+]
+#: 3xTF32 holds hi and lo parts of the operands in registers: at most 32 accumulators per
+#: thread (BLOCK_N·BLOCK_K / threads), or the tiled loop spills (ptxas, sm_90).
+TF32X3_TILES = [
+    (128, 64, 8, 3),
+    (64, 128, 8, 3),
+    (64, 64, 4, 4),
+    (64, 64, 4, 2),
+]
+#: Used only when no tile above fits: the smallest operand tiles, within every limit
+#: above for any d (the tiled loop bounds BLOCK_D).
+FALLBACK = (32, 32, 4, 2)
+#: The interpreter is slow: one small config, no tuning; small tiles make tiny test
+#: shapes cross several code tiles.
+INTERPRET_TILE = (16, 32, 1, 1)
+
+
+def _config(tile):
+    block_n, block_k, warps, stages = tile
+    return triton.Config({"BLOCK_N": block_n, "BLOCK_K": block_k}, num_warps=warps, num_stages=stages)
+
+
+def tiles_for(precision: str):
+    return TF32X3_TILES if precision == "tf32x3" else GPU_TILES
 
 
 def _configs():
-    if INTERPRET:  # the interpreter is slow: one small config, no tuning
-        return [triton.Config({"BLOCK_N": 16, "BLOCK_K": 32}, num_warps=1)]
-    return [
-        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-        for bn, bk, w, s in [
-            (128, 128, 8, 3),
-            (128, 64, 4, 3),
-            (64, 128, 4, 3),
-            (128, 128, 8, 2),
-            (64, 64, 4, 4),
-            (256, 64, 8, 3),
-            (64, 256, 8, 3),
-            (32, 128, 4, 4),
-        ]
+    if INTERPRET:
+        return [_config(INTERPRET_TILE)]
+    return [_config(t) for t in dict.fromkeys(GPU_TILES + TF32X3_TILES)]
+
+
+def padded_d(d: int) -> int:
+    """Row length the kernel sees: d rounded up to 16 elements (the launcher zero-pads), so
+    rows are 16-byte aligned for asynchronous copies and the loads vectorise."""
+    return triton.cdiv(d, MIN_BLOCK_D) * MIN_BLOCK_D
+
+
+def block_d_for(d: int, elem_size: int) -> tuple[int, bool]:
+    """(BLOCK_D, SINGLE_D) the launcher uses for rows of d elements of ``elem_size`` bytes."""
+    padded = max(MIN_BLOCK_D, triton.next_power_of_2(d))
+    if padded * elem_size <= MAX_SINGLE_D_BYTES:
+        return padded, True
+    return TILED_BLOCK_D, False
+
+
+def shared_memory_bytes(config, block_d: int, single_d: bool, elem_size: int, precision: str) -> int:
+    """Upper bound on the shared memory one program of ``config`` uses.
+
+    Operands: with SINGLE_D the x tile is staged once and the code tile is buffered
+    ``num_stages`` times (the pipelined loop); tiled, both tiles are buffered per stage.
+    (wgmma keeps ``num_stages`` buffers, mma.sync ``num_stages - 1``: the bound takes the
+    larger.) 3xTF32 stages one more x and code tile for the split operands. The
+    epilogue's cross-warp argmin needs a (score, index) pair per row and warp.
+    """
+    block_n, block_k = config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"]
+    stages = max(config.num_stages, 1)
+    x_tile = block_n * block_d * elem_size
+    code_tile = block_k * block_d * elem_size
+    operands = x_tile + stages * code_tile if single_d else stages * (x_tile + code_tile)
+    if precision == "tf32x3":
+        operands += x_tile + code_tile
+    return operands + block_n * config.num_warps * 8
+
+
+def shared_memory_limit(device: torch.device | None = None) -> int:
+    """Per-block shared memory (bytes) a kernel may use: the device's own opt-in limit on
+    CUDA, else the table value for ``DEFAULT_ARCH``."""
+    if device is not None and device.type == "cuda":
+        return _cuda_shared_memory_limit(device.index if device.index is not None else torch.cuda.current_device())
+    return SHARED_MEMORY_LIMIT[DEFAULT_ARCH]
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_shared_memory_limit(index: int) -> int:
+    props = torch.cuda.get_device_properties(index)
+    limit = getattr(props, "shared_memory_per_block_optin", None)
+    return limit or SHARED_MEMORY_LIMIT.get(props.major * 10 + props.minor, SHARED_MEMORY_LIMIT[80])
+
+
+def _tile(config):
+    return (config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"], config.num_warps, config.num_stages)
+
+
+def launchable_configs(configs, d: int, elem_size: int, precision: str, limit: int):
+    """The configs listed for ``precision`` that fit ``limit`` for rows of d elements;
+    the fallback when none does."""
+    block_d, single_d = block_d_for(d, elem_size)
+    listed = set(tiles_for(precision))
+    kept = [
+        c for c in configs
+        if _tile(c) in listed and shared_memory_bytes(c, block_d, single_d, elem_size, precision) <= limit
     ]
+    return kept or [_config(FALLBACK)]
 
 
 def _prune_configs(configs, named_args, **kwargs):
-    """Drop tiles whose operands do not fit in shared memory for this d and dtype."""
-    block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
-    elem = named_args["x_ptr"].element_size()
-    budget = 200 * 1024
-    kept = [
-        c for c in configs
-        if (c.kwargs["BLOCK_N"] + c.kwargs["BLOCK_K"]) * block_d * elem * max(c.num_stages, 1) <= budget
-    ]
-    return kept or configs[-1:]
+    if INTERPRET:
+        return configs
+    x = named_args["x_ptr"]
+    return launchable_configs(
+        configs, named_args["D"], x.element_size(), kwargs["PRECISION"], shared_memory_limit(x.device)
+    )
+
+
+def n_bucket(n: int) -> int:
+    """Autotune key for the row count: the best tile changes with how many row blocks
+    there are, so N is tuned per power of two from 1024 to 2^20 (not on whatever N came first)."""
+    return min(max(triton.next_power_of_2(n), 1024), 2**20)
 
 
 if HAS_TRITON:
 
     @triton.autotune(
         configs=_configs(),
-        key=["K", "D", "BLOCK_D", "PRECISION"],
+        key=["K", "D", "N_BUCKET", "PRECISION"],
         prune_configs_by={"early_config_prune": _prune_configs},
     )
-    @triton.jit
+    @triton.jit(do_not_specialize=["N_BUCKET"])
     def _nearest_kernel(
         x_ptr, e_ptr, enorm_ptr, score_out_ptr, index_out_ptr,
-        N, K, D, codes_per_split,
+        N, K, D, N_BUCKET,
         stride_x, stride_e,
         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
         SINGLE_D: tl.constexpr, PRECISION: tl.constexpr,
     ):
         pid_n = tl.program_id(0)
         split = tl.program_id(1)
+        # Every split's range is a whole number of code tiles; the ranges cover K whatever
+        # the split count (a trailing split may be empty and then reports +inf).
+        codes_per_split = tl.cdiv(tl.cdiv(K, tl.num_programs(1)), BLOCK_K) * BLOCK_K
         rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
+        # 64-bit offsets: rows * stride and codes * stride pass 2^31 once N·d or K·d does.
+        x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_x
         dims = tl.arange(0, BLOCK_D)
         k_begin = split * codes_per_split
         k_end = tl.minimum(k_begin + codes_per_split, K)
 
         if SINGLE_D:  # the whole row fits one tile: load x once, reuse it for every code tile
-            x_tile = tl.load(
-                x_ptr + rows[:, None] * stride_x + dims[None, :],
-                mask=row_ok[:, None] & (dims[None, :] < D), other=0.0,
-            )
+            x_tile = tl.load(x_rows + dims[None, :], mask=row_ok[:, None] & (dims[None, :] < D), other=0.0)
 
         best = tl.full([BLOCK_N], float("inf"), tl.float32)
         best_idx = tl.zeros([BLOCK_N], tl.int32)
         for k0 in range(k_begin, k_end, BLOCK_K):
             codes = k0 + tl.arange(0, BLOCK_K)
             code_ok = codes < k_end
+            e_rows = e_ptr + codes.to(tl.int64)[:, None] * stride_e
             acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
             if SINGLE_D:
-                e_tile = tl.load(
-                    e_ptr + codes[:, None] * stride_e + dims[None, :],
-                    mask=code_ok[:, None] & (dims[None, :] < D), other=0.0,
-                )
+                e_tile = tl.load(e_rows + dims[None, :], mask=code_ok[:, None] & (dims[None, :] < D), other=0.0)
                 acc = tl.dot(x_tile, tl.trans(e_tile), acc, input_precision=PRECISION)
             else:
                 for d0 in range(0, D, BLOCK_D):
                     d_ok = (d0 + dims) < D
-                    x_part = tl.load(
-                        x_ptr + rows[:, None] * stride_x + (d0 + dims)[None, :],
-                        mask=row_ok[:, None] & d_ok[None, :], other=0.0,
-                    )
-                    e_part = tl.load(
-                        e_ptr + codes[:, None] * stride_e + (d0 + dims)[None, :],
-                        mask=code_ok[:, None] & d_ok[None, :], other=0.0,
-                    )
+                    x_part = tl.load(x_rows + (d0 + dims)[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+                    e_part = tl.load(e_rows + (d0 + dims)[None, :], mask=code_ok[:, None] & d_ok[None, :], other=0.0)
                     acc = tl.dot(x_part, tl.trans(e_part), acc, input_precision=PRECISION)
             enorm = tl.load(enorm_ptr + codes, mask=code_ok, other=0.0)
             score = enorm[None, :] - 2.0 * acc
@@ -119,26 +234,66 @@ if HAS_TRITON:
             best = tl.where(better, tile_best, best)
             best_idx = tl.where(better, tile_arg + k0, best_idx)
 
-        out = split * N + rows
+        out = split.to(tl.int64) * N + rows
         tl.store(score_out_ptr + out, best, mask=row_ok)
         tl.store(index_out_ptr + out, best_idx, mask=row_ok)
 
 
-def _auto_splits(n: int, k: int, device: torch.device) -> int:
-    """Enough codebook splits that (row blocks × splits) covers every SM about twice."""
-    if device.type != "cuda":
+def auto_splits(n: int, k: int, block_n: int, block_k: int, sms: int) -> int:
+    """Codebook splits so that (row blocks of ``block_n``) × splits covers every SM about
+    ``PROGRAMS_PER_SM`` times; no split smaller than two code tiles."""
+    row_blocks = triton.cdiv(n, block_n)
+    if row_blocks >= PROGRAMS_PER_SM * sms:
         return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    row_blocks = triton.cdiv(n, 128)
-    if row_blocks >= 2 * sms:
-        return 1
-    return max(1, min(triton.cdiv(2 * sms, row_blocks), triton.cdiv(k, 2 * SPLIT_ALIGN)))
+    return max(1, min(triton.cdiv(PROGRAMS_PER_SM * sms, row_blocks), triton.cdiv(k, 2 * block_k)))
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _split_grid(n: int, k: int, device: torch.device, num_splits: int | None):
+    """Grid for the chosen config: the split count follows its BLOCK_N and BLOCK_K."""
+    if num_splits is None and device.type == "cuda":
+        sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    else:
+        sms = None
+
+    def splits(meta):
+        if num_splits is not None:
+            return num_splits
+        return 1 if sms is None else auto_splits(n, k, meta["BLOCK_N"], meta["BLOCK_K"], sms)
+
+    def grid(meta):
+        return (triton.cdiv(n, meta["BLOCK_N"]), splits(meta))
+
+    return grid, splits
+
+
+def argmin_tolerance(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> torch.Tensor:
+    """Per row of x, how much larger than the optimum the chosen code's exact squared
+    distance may be: ``2·(d + 2)·u·(max_k |e_k|^2 + 2 |x| max_k |e_k|)``.
+
+    Both compared scores ``|e|^2 - 2 x·e`` carry an fp32 dot-product error of at most
+    ``(d + 2)·u`` times that magnitude, with u the unit roundoff of the products'
+    inputs: 2^-24 for fp16/bf16 (exact products, fp32 sums; measured against the rounded
+    inputs), 2^-10 for TF32 (operands may be truncated, not rounded, to 10 mantissa bits)
+    and 2^-18 for 3xTF32 (the three products drop the lo·lo term and truncate both lo
+    parts: about 3·2^-20 per product); ``"ieee"`` (what the launcher passes for 16-bit
+    inputs, and how the CPU interpreter computes every dot) is 2^-24.
+    """
+    unit = {"tf32": 2.0**-10, "tf32x3": 2.0**-18, "ieee": 2.0**-24}[precision] if x.dtype == torch.float32 else 2.0**-24
+    x64, e64 = x.double(), codebook.double()
+    e_norm = e64.norm(dim=1).max()
+    return 2 * (x.shape[1] + 2) * unit * (e_norm**2 + 2 * x64.norm(dim=1) * e_norm)
 
 
 def nearest_code_search(
     x: torch.Tensor, codebook: torch.Tensor, code_sq_norms: torch.Tensor, num_splits: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the search over row-major x (N, D) and codebook (K, D) of one dtype.
+    """Launch the search over x (N, D) and codebook (K, D) of one dtype, unit stride along D
+    (rows are zero-padded to ``padded_d`` here when D is not a multiple of 16).
 
     Returns (score, index): score (N,) fp32 = min_k |e_k|^2 - 2 x·e_k, index (N,) int64.
     ``code_sq_norms`` (K,) fp32 is what the score adds per code (|e|^2 for L2, zeros for
@@ -146,23 +301,25 @@ def nearest_code_search(
     """
     n, d = x.shape
     k = codebook.shape[0]
-    if num_splits is None:
-        num_splits = _auto_splits(n, k, x.device)
-    codes_per_split = triton.cdiv(triton.cdiv(k, num_splits), SPLIT_ALIGN) * SPLIT_ALIGN
-    num_splits = triton.cdiv(k, codes_per_split)
-    single_d = d <= MAX_SINGLE_D
-    block_d = max(16, triton.next_power_of_2(d)) if single_d else TILED_BLOCK_D
-
-    scores = torch.empty((num_splits, n), device=x.device, dtype=torch.float32)
-    indices = torch.empty((num_splits, n), device=x.device, dtype=torch.int32)
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), num_splits)  # noqa: E731
+    if d != padded_d(d):  # zero columns change no dot product
+        x = torch.nn.functional.pad(x, (0, padded_d(d) - d))
+        codebook = torch.nn.functional.pad(codebook, (0, padded_d(d) - d))
+        d = padded_d(d)
+    block_d, single_d = block_d_for(d, x.element_size())
+    grid, splits = _split_grid(n, k, x.device, num_splits)
+    # One row per split for the smallest tiles, the most splits any config can ask for.
+    max_splits = max(splits(c.all_kwargs()) for c in _nearest_kernel.configs + [_config(FALLBACK)])
+    scores = torch.empty((max_splits, n), device=x.device, dtype=torch.float32)
+    indices = torch.empty((max_splits, n), device=x.device, dtype=torch.int32)
+    precision = fp32_dot_precision() if x.dtype == torch.float32 else "ieee"
     _nearest_kernel[grid](
         x, codebook, code_sq_norms, scores, indices,
-        n, k, d, codes_per_split,
+        n, k, d, n_bucket(n),
         x.stride(0), codebook.stride(0),
-        BLOCK_D=block_d, SINGLE_D=single_d, PRECISION=fp32_dot_precision() if x.dtype == torch.float32 else "ieee",
+        BLOCK_D=block_d, SINGLE_D=single_d, PRECISION=precision,
     )
-    if num_splits == 1:
+    used = splits(_nearest_kernel.best_config.all_kwargs())  # the config this launch ran
+    if used == 1:
         return scores[0], indices[0].long()
-    best, split = scores.min(dim=0)  # first minimum: the lowest split, so the lowest index
-    return best, indices.gather(0, split.unsqueeze(0)).squeeze(0).long()
+    best, split = scores[:used].min(dim=0)  # first minimum: the lowest split, so the lowest index
+    return best, indices[:used].gather(0, split.unsqueeze(0)).squeeze(0).long()

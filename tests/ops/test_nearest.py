@@ -97,6 +97,53 @@ def test_triton_split_ties_pick_lowest_index(device):
 
 
 @pytest.mark.triton
+def test_triton_ties_inside_one_split_pick_lowest_index(device):
+    """Identical codes in different code tiles of one split (the interpreter's tiles hold 32
+    codes), and inside one tile: the running fold must keep the earlier tile on ties."""
+    from lgvq.kernels.nearest import nearest_code_search
+
+    codebook = torch.randn(200, 8, device=device)
+    codebook[70] = codebook[5]  # a later tile
+    codebook[6] = codebook[5] * 1.0  # the same tile
+    codebook[150] = codebook[40]
+    x = torch.stack([codebook[5], codebook[40]]) + 0.0
+    _, idx = nearest_code_search(x, codebook, codebook.pow(2).sum(1), num_splits=1)
+    assert idx.tolist() == [5, 40]
+
+
+def _near_ties(n, k, d, device):
+    """Codes in tight clusters around a large shared offset: |e|^2 and 2 x·e are ~10^3
+    times the gaps between the nearest codes (cancellation), and every row has several
+    codes almost as near as its best."""
+    offset = 8.0 * torch.randn(d)
+    centres = offset + torch.randn(k // 4, d)
+    codebook = (centres.repeat_interleave(4, 0) + 0.05 * torch.randn(k // 4 * 4, d))[:k]
+    x = codebook[torch.randint(0, k, (n,))] + 0.02 * torch.randn(n, d)
+    return x.to(device), codebook.to(device)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("inputs", ["random", "near_ties"])
+def test_triton_argmin_is_exact_within_documented_tolerance(inputs, device):
+    """The chosen code's exact (fp64) distance exceeds the best one by at most
+    ``argmin_tolerance`` (the interpreter's dots are IEEE fp32; a GPU checks its own policy)."""
+    from lgvq.kernels import INTERPRET, fp32_dot_precision
+    from lgvq.kernels.nearest import argmin_tolerance
+
+    n, k, d = 60, 200, 40
+    x, codebook = _near_ties(n, k, d, device) if inputs == "near_ties" else (
+        torch.randn(n, d, device=device), torch.randn(k, d, device=device))
+    idx, _ = nearest_code(x, codebook, backend="triton")
+    full = dense_distances(x.cpu(), codebook.cpu(), "l2")
+    excess = full.gather(1, idx.cpu().reshape(-1, 1)).squeeze(1) - full.min(dim=1).values
+    tol = argmin_tolerance(x.cpu(), codebook.cpu(), "ieee" if INTERPRET else fp32_dot_precision())
+    assert (excess <= tol).all(), (excess.max(), tol.min())
+    if inputs == "near_ties":  # worth something only if a wrong pick would exceed the tolerance
+        gap = full.sort(dim=1).values[:, 1] - full.min(dim=1).values
+        assert (tol < gap).float().mean() > 0.9
+
+
+@pytest.mark.triton
 def test_triton_non_contiguous_and_batched_input(device):
     x = torch.randn(17, 2, 3, 5, device=device).permute(1, 2, 3, 0)  # (2, 3, 5, 17), non-contiguous
     codebook = torch.randn(17, 40, device=device).t()  # (40, 17), non-contiguous

@@ -96,8 +96,55 @@ def test_triton_frozen_codebook_and_unused_outputs(device):
     assert torch.allclose(z.grad, z_ref.grad, atol=1e-6)
 
 
+@pytest.fixture(params=[False, True], ids=["atomic", "deterministic"])
+def deterministic(request):
+    """Both codebook-gradient paths: per-block pre-reduction + relaxed atomics, and the
+    sorted deterministic segment sum (torch.use_deterministic_algorithms)."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(request.param)
+    yield request.param
+    torch.use_deterministic_algorithms(before)
+
+
+@pytest.mark.triton
+def test_triton_collapsed_codebook_matches_reference(deterministic, device):
+    """Every row picks one code (a collapsed codebook): the segment sum meets N rows on one
+    code; values and both gradients must still match the reference."""
+    n, k, d = 70, 9, 20
+    codebook = torch.randn(k, d, device=device)
+    codebook[4] *= 0.01  # the code nearest to every row
+    z = 0.01 * torch.randn(n, d, device=device)
+    upstream = torch.randn(n, d, device=device)
+    got = run_with_grads(lambda z, e: vector_quantize(z, e, 0.25, backend="triton"), z, codebook, upstream)
+    want = run_with_grads(lambda z, e: vector_quantize(z, e, 0.25, backend="torch"), z, codebook, upstream)
+    assert (want[1] == 4).all()
+    assert_same_quantization(got, want)
+
+
+@pytest.mark.triton
+def test_triton_codebook_gradient_mixed_duplicates(deterministic, device):
+    """Blocks holding several codes, some repeated (the pre-reduction's leaders), some unused."""
+    z = torch.randn(53, 18, device=device)
+    codebook = torch.randn(6, 18, device=device)
+    upstream = torch.randn(53, 18, device=device)
+    got = run_with_grads(lambda z, e: vector_quantize(z, e, 0.25, backend="triton"), z, codebook, upstream)
+    want = run_with_grads(lambda z, e: vector_quantize(z, e, 0.25, backend="torch"), z, codebook, upstream)
+    assert_same_quantization(got, want)
+
+
+@pytest.mark.triton
+def test_triton_counts_and_sums_of_a_collapsed_assignment(deterministic, device):
+    x = torch.randn(45, 33, device=device)
+    idx = torch.full((45,), 7, device=device)
+    idx[::9] = 2
+    counts, sums = code_counts_and_sums(x, idx, 10, backend="triton")
+    want_counts, want_sums = code_counts_and_sums(x, idx, 10, backend="torch")
+    assert torch.equal(counts, want_counts)
+    assert torch.allclose(sums, want_sums, atol=1e-5)
+
+
 @pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.triton)])
-def test_code_counts_and_sums_match_one_hot(backend, device):
+def test_code_counts_and_sums_match_one_hot(backend, deterministic, device):
     x = torch.randn(3, 31, 19, device=device)
     idx = torch.randint(0, 40, (3, 31), device=device)
     counts, sums = code_counts_and_sums(x, idx, 40, backend=backend)
@@ -140,6 +187,22 @@ def test_gpu_low_precision_matches_reference(dtype):
     tol = dict(atol=2e-2, rtol=2e-2)
     assert torch.allclose(got[2], want[2], **tol)
     assert torch.allclose(got[3][agree].float(), want[3][agree].float(), **tol)
+
+
+@pytest.mark.gpu
+def test_gpu_deterministic_mode_repeats_bitwise(deterministic):
+    """A collapsing codebook on the GPU: with deterministic algorithms on, the codebook
+    gradient is identical run to run (no atomics); otherwise equal up to fp32 reassociation."""
+    z = torch.randn(65536, 64, device="cuda")
+    codebook = torch.randn(512, 64, device="cuda")
+    codebook[:8] *= 0.01  # most rows pick one of eight codes
+    upstream = torch.randn_like(z)
+    first = run_with_grads(lambda z, e: vector_quantize(z, e, backend="triton"), z, codebook, upstream)
+    second = run_with_grads(lambda z, e: vector_quantize(z, e, backend="triton"), z, codebook, upstream)
+    want = run_with_grads(lambda z, e: vector_quantize(z, e, backend="torch"), z, codebook, upstream)
+    if deterministic:
+        assert torch.equal(first[4], second[4])
+    assert torch.allclose(first[4], want[4], atol=1e-6, rtol=1e-4)
 
 
 @pytest.mark.gpu

@@ -1,0 +1,89 @@
+"""The nearest kernel's launch planning, checked without a GPU: the shared-memory model,
+the prune and its fallback, the codebook split and the autotune key.
+
+The model itself is checked against ptxas by the compile gate (tests/bench/test_compile_check.py).
+"""
+
+import pytest
+
+pytest.importorskip("triton")
+
+from lgvq.kernels import nearest  # noqa: E402
+
+#: (element size, input_precision the launcher passes) for bf16/fp16, fp32 TF32, fp32 3xTF32.
+DOT_KINDS = [(2, "ieee"), (4, "tf32"), (4, "tf32x3")]
+GPU_CONFIGS = [nearest._config(t) for t in dict.fromkeys(nearest.GPU_TILES + nearest.TF32X3_TILES)]
+
+
+def kept(d, elem, precision, arch=90):
+    width = nearest.padded_d(d)
+    return nearest.launchable_configs(GPU_CONFIGS, width, elem, precision, nearest.SHARED_MEMORY_LIMIT[arch])
+
+
+def model(config, d, elem, precision):
+    width = nearest.padded_d(d)
+    block_d, single_d = nearest.block_d_for(width, elem)
+    return nearest.shared_memory_bytes(config, block_d, single_d, elem, precision)
+
+
+@pytest.mark.parametrize("arch", sorted(nearest.SHARED_MEMORY_LIMIT))
+@pytest.mark.parametrize("elem,precision", DOT_KINDS)
+def test_every_d_up_to_4096_has_a_config_that_fits(arch, elem, precision):
+    limit = nearest.SHARED_MEMORY_LIMIT[arch]
+    for d in range(1, 4097):
+        configs = kept(d, elem, precision, arch)
+        assert configs, d
+        assert all(model(c, d, elem, precision) <= limit for c in configs), (d, configs)
+
+
+def test_fallback_is_the_smallest_tile_not_the_last_listed():
+    fallback = nearest._config(nearest.FALLBACK)
+    for elem, precision in DOT_KINDS:
+        for d in (1, 64, 256, 300, 4096):
+            assert model(fallback, d, elem, precision) <= min(model(c, d, elem, precision) for c in GPU_CONFIGS)
+    # A limit nothing listed fits: the fallback, not configs[-1] (which would need more).
+    tiny = nearest.launchable_configs(GPU_CONFIGS, 256, 4, "tf32", limit=40 * 1024)
+    assert [nearest._tile(c) for c in tiny] == [nearest.FALLBACK]
+
+
+@pytest.mark.parametrize("elem,precision", DOT_KINDS)
+def test_paper_shape_d256_keeps_wgmma_sized_configs_on_hopper(elem, precision):
+    """d = 256 (the paper's codes): the old 200 KB rule kept nothing here and launched a
+    417 KB (fp32) or 209 KB 32×128 (bf16) fallback."""
+    configs = kept(256, elem, precision)
+    assert nearest._config(nearest.FALLBACK) not in configs
+    wgmma_shaped = [c for c in configs if c.kwargs["BLOCK_N"] >= 64 and 4 <= c.num_warps <= 8]
+    assert len(wgmma_shaped) >= 2
+
+
+def test_model_counts_the_x_tile_once_and_code_tiles_per_stage():
+    cfg = nearest._config((64, 128, 4, 3))
+    # bf16 d=256, x held whole: 64·256·2 once + 3 · 128·256·2, plus 64 rows · 4 warps · 8 B.
+    assert nearest.shared_memory_bytes(cfg, 256, True, 2, "ieee") == 32768 + 3 * 65536 + 2048
+    # tiled: both tiles per stage
+    assert nearest.shared_memory_bytes(cfg, 64, False, 2, "ieee") == 3 * (8192 + 16384) + 2048
+
+
+def test_rows_are_padded_to_16_and_wide_rows_are_tiled():
+    assert [nearest.padded_d(d) for d in (1, 16, 17, 300)] == [16, 16, 32, 304]
+    assert nearest.block_d_for(256, 2) == (256, True)
+    assert nearest.block_d_for(256, 4) == (nearest.TILED_BLOCK_D, False)
+    assert nearest.block_d_for(128, 4) == (128, True)
+    assert nearest.block_d_for(304, 2) == (nearest.TILED_BLOCK_D, False)
+
+
+def test_codebook_splits_follow_the_chosen_block_n():
+    sms = 132
+    n = 64 * sms  # one wave of 64-row blocks
+    assert nearest.auto_splits(n, 16384, block_n=64, block_k=128, sms=sms) == 2
+    assert nearest.auto_splits(n, 16384, block_n=128, block_k=128, sms=sms) == 4
+    assert nearest.auto_splits(4 * n, 16384, block_n=64, block_k=128, sms=sms) == 1
+    # never more splits than two code tiles each
+    assert nearest.auto_splits(1, 512, block_n=64, block_k=128, sms=sms) == 2
+
+
+def test_autotune_key_buckets_n():
+    assert nearest.n_bucket(1) == nearest.n_bucket(1000) == 1024
+    assert nearest.n_bucket(65536) == 65536 != nearest.n_bucket(4096)
+    assert nearest.n_bucket(10**9) == 2**20
+    assert "N_BUCKET" in nearest._nearest_kernel.keys
