@@ -47,14 +47,16 @@ HEADLINE = dict(n=65536, k=16384, d=256)
 
 # --------------------------------------------------------------------------- the step runner
 
-def python_path() -> str:
-    """A PYTHONPATH under which ``lgvq.kernels`` imports: the checkout itself when it does
-    (installed package, or a development symlink), else a temporary tree of symlinks that
-    maps ``kernels/`` to ``lgvq/kernels`` as setup.py does."""
-    probe = subprocess.run([sys.executable, "-c", "import lgvq.kernels"], cwd=ROOT, capture_output=True,
-                           env={**os.environ, "PYTHONPATH": str(ROOT)})
-    if probe.returncode == 0:
-        return str(ROOT)
+def import_root() -> pathlib.Path:
+    """A folder from which this checkout's ``lgvq.kernels`` imports: the checkout itself when
+    it does (editable install, or a development symlink), else a temporary tree of symlinks that
+    maps ``kernels/`` to ``lgvq/kernels`` as setup.py does. Steps run from there, so that
+    the checkout's own ``lgvq/`` (without kernels) does not shadow it."""
+    probe = subprocess.run([sys.executable, "-c", "import lgvq.kernels; print(lgvq.kernels.__file__)"],
+                           cwd=ROOT, capture_output=True, text=True)
+    found = probe.stdout.strip()
+    if probe.returncode == 0 and pathlib.Path(found).resolve().parent == (ROOT / "kernels").resolve():
+        return ROOT
     tree = pathlib.Path(tempfile.mkdtemp(prefix="lgvq_gpu_check_"))
     (tree / "lgvq").mkdir()
     for entry in (ROOT / "lgvq").iterdir():
@@ -64,15 +66,15 @@ def python_path() -> str:
     for name in ("bench", "configs"):
         if (ROOT / name).exists():
             (tree / name).symlink_to(ROOT / name)
-    return str(tree)
+    return tree
 
 
 class Steps:
     #: A step gets at least this long or is skipped (a 5 s slice of budget runs nothing useful).
     min_step_s = 15
 
-    def __init__(self, out: pathlib.Path, budget: float, env: dict):
-        self.out, self.budget, self.env = out, budget, env
+    def __init__(self, out: pathlib.Path, budget: float, env: dict, cwd: pathlib.Path = ROOT):
+        self.out, self.budget, self.env, self.cwd = out, budget, env, cwd
         self.start = time.time()
         self.lines = [f"lgvq GPU check, budget {budget:.0f} s, started {time.strftime('%Y-%m-%d %H:%M:%S')}", ""]
         self._write()
@@ -95,7 +97,7 @@ class Steps:
             f.write(f"== {name} (limit {limit:.0f} s): {' '.join(argv)}\n")
             f.flush()
             try:
-                rc = subprocess.run(argv, cwd=ROOT, env=self.env, stdout=f, stderr=subprocess.STDOUT,
+                rc = subprocess.run(argv, cwd=self.cwd, env=self.env, stdout=f, stderr=subprocess.STDOUT,
                                     timeout=limit).returncode
                 note = ""
             except subprocess.TimeoutExpired:
@@ -113,15 +115,17 @@ class Steps:
 
 
 def run_check(out: pathlib.Path, budget: float) -> None:
+    root = import_root()
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(PYTHONPATH=python_path(), PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
+    env.update(PYTHONPATH=str(root), PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
     py = sys.executable
     n, k, d = (str(HEADLINE[key]) for key in ("n", "k", "d"))
     bench = ["--device", "cuda", "--n", n, "--k", k, "--d", d, "--repeats", "5", "--budget", "2"]
-    steps = Steps(out, budget, env)
+    steps = Steps(out, budget, env, cwd=root)
     steps.run("env", 30, [py, "-m", "bench.gpu_check", str(out), "--env-only"])
-    steps.run("pytest_gpu", 150, [py, "-m", "pytest", str(ROOT / "tests"), "-m", "gpu", "-q", "-rfEs",
-                                  "-p", "no:cacheprovider", f"--junitxml={out / 'pytest_gpu.xml'}"])
+    steps.run("pytest_gpu", 150, [py, "-m", "pytest", "-c", str(ROOT / "pytest.ini"), "--rootdir", str(ROOT),
+                                  str(ROOT / "tests"), "-m", "gpu", "-q", "-rfEs", "-p", "no:cacheprovider",
+                                  f"--junitxml={out / 'pytest_gpu.xml'}"])
     steps.run("sweep", 150, [py, "-m", "bench.gpu_check", str(out), "--sweep-only"])
     steps.run("bench_nearest_bf16", 60, [py, "-m", "bench.nearest", *bench, "--dtype", "bf16",
                                          "--providers", "eager,triton,matmul"])
