@@ -14,10 +14,11 @@ Two loop shapes (``SINGLE_D``): when a padded row takes at most ``MAX_SINGLE_D_B
 (fp32 d ≤ 128, fp16/bf16 d ≤ 256), the x tile is loaded once and stays in shared memory
 for every code tile, and the code loop is the software-pipelined one. Wider rows are cut
 into ``TILED_BLOCK_D`` slices and the d loop is the pipelined one; its prologue restarts
-for every code tile, which costs little because that loop has at least 4 (fp32) or 8
-(16-bit) steps. The per-tile argmin epilogue runs between the tiles' dots (Triton 3.6 does
-not overlap them without warp specialisation); the x-once loop keeps it small by using
-tiles of at least 64 codes.
+for every code tile, amortised over at least 4 (fp32) or 5 (16-bit) d steps. The per-tile
+argmin epilogue (a few CUDA-core operations per score) is not overlapped with the next
+tile's tensor-core dot; at d ≤ 64 it may cost as much as the dot. Hiding it needs a
+warp-specialised (ping-pong) schedule, which this kernel does not have. Neither cost has
+been measured on a GPU yet.
 
 Precision (``fp32_dot_precision``): fp16/bf16 products are exact in the fp32 accumulator.
 fp32 inputs use 3xTF32 (``"tf32x3"``: tensor cores, about fp32 accuracy) while torch's
