@@ -40,22 +40,24 @@ if HAS_TRITON:
 #: widest d tile: the exact fp32 dot runs on FMA units, and wider tiles spill (sm_90 ptxas).
 SEGMENT_ROWS = 16 if INTERPRET else 32
 SEGMENT_BLOCK_D = 32
-#: Widest d tile; tl.dot needs at least 16 columns.
+#: Widest d tile of the row kernels, most rows a tile; the segment dot needs ≥ 16 columns.
 MAX_BLOCK_D = 256
+MAX_ROWS = 128
 MIN_BLOCK_D = 16
 NUM_WARPS = 4
 
 
 def _row_blocks(d: int) -> tuple[int, int]:
-    """(BLOCK_N, BLOCK_D) for the row-wise kernels: about 4K elements a tile."""
-    block_d = min(max(triton.next_power_of_2(d), MIN_BLOCK_D), MAX_BLOCK_D)
-    block_n = 16 if INTERPRET else max(1, 4096 // block_d)
+    """(BLOCK_N, BLOCK_D) for the row-wise kernels: up to 4K elements a tile and at most
+    ``MAX_ROWS`` rows (more rows of 64-bit offsets spill at d ≤ 16 on sm_90)."""
+    block_d = min(triton.next_power_of_2(d), MAX_BLOCK_D)
+    block_n = 16 if INTERPRET else min(MAX_ROWS, 4096 // block_d)
     return block_n, block_d
 
 
 def _segment_blocks(d: int) -> tuple[int, int]:
     """(BLOCK_N, BLOCK_D) for the kernels that reduce rows per code."""
-    return SEGMENT_ROWS, min(_row_blocks(d)[1], SEGMENT_BLOCK_D)
+    return SEGMENT_ROWS, min(max(triton.next_power_of_2(d), MIN_BLOCK_D), SEGMENT_BLOCK_D)
 
 
 if HAS_TRITON:
