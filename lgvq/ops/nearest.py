@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lgvq.checks import check_choice, check_finite, check_same_device, check_tensor
+from lgvq.checks import check_choice, check_finite_if_strict, check_same_device, check_tensor
 from lgvq.ops.backend import resolve_backend
 
 METRICS = ("l2", "cos")
@@ -42,8 +42,8 @@ def check_codebook_inputs(x_name: str, x, codebook, metric: str) -> None:
             f"{codebook.shape[1]} (shape {tuple(codebook.shape)})"
         )
     check_same_device(**{x_name: x, "codebook": codebook})
-    check_finite(x_name, x)
-    check_finite("codebook", codebook)
+    check_finite_if_strict(x_name, x)
+    check_finite_if_strict("codebook", codebook)
 
 
 def check_code_sq_norms(code_sq_norms, codebook, metric: str) -> None:
@@ -51,7 +51,8 @@ def check_code_sq_norms(code_sq_norms, codebook, metric: str) -> None:
         return
     if metric != "l2":
         raise ValueError("code_sq_norms applies to metric='l2' only (cosine codes have unit norm)")
-    check_tensor("code_sq_norms", code_sq_norms, ndim=1)
+    check_tensor("code_sq_norms", code_sq_norms, ndim=1, finite=False)
+    check_finite_if_strict("code_sq_norms", code_sq_norms)
     if code_sq_norms.shape[0] != codebook.shape[0]:
         raise ValueError(
             f"code_sq_norms must have one entry per code ({codebook.shape[0]}), got {code_sq_norms.shape[0]}"

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from lgvq.checks import FLOAT_DTYPES, check_same_device, check_tensor
+from lgvq.checks import FLOAT_DTYPES, check_finite_if_strict, check_same_device, check_tensor, is_strict
 from lgvq.ops.backend import resolve_backend
 
 #: Norm clamp of every normalisation, F.normalize's default.
@@ -76,11 +76,14 @@ class RelationAlignment(torch.autograd.Function):
 
 
 def _check_inputs(words, word_mask, tokens, codes) -> None:
-    check_tensor("words", words, ndim=3)
-    check_tensor("word_mask", word_mask, ndim=2, dtypes=MASK_DTYPES)
-    check_tensor("tokens", tokens, ndim=3)
-    check_tensor("codes", codes, ndim=3)
-    check_same_device(words=words, word_mask=word_mask, tokens=tokens, codes=codes)
+    named = {"words": words, "word_mask": word_mask, "tokens": tokens, "codes": codes}
+    check_tensor("words", words, ndim=3, finite=False)
+    check_tensor("word_mask", word_mask, ndim=2, dtypes=MASK_DTYPES, finite=False)
+    check_tensor("tokens", tokens, ndim=3, finite=False)
+    check_tensor("codes", codes, ndim=3, finite=False)
+    for name, t in named.items():
+        check_finite_if_strict(name, t)
+    check_same_device(**named)
     B, L, Dt = words.shape
     if word_mask.shape != (B, L):
         raise ValueError(f"word_mask must have shape (B, L) = {(B, L)} like words, got {tuple(word_mask.shape)}")
@@ -90,7 +93,7 @@ def _check_inputs(words, word_mask, tokens, codes) -> None:
         )
     if codes.shape != tokens.shape:
         raise ValueError(f"codes must have the shape of tokens {tuple(tokens.shape)}, got {tuple(codes.shape)}")
-    if word_mask.dtype != torch.bool and not bool(((word_mask == 0) | (word_mask == 1)).all()):
+    if is_strict() and word_mask.dtype != torch.bool and not bool(((word_mask == 0) | (word_mask == 1)).all()):
         raise ValueError("word_mask must hold only 1 (word) and 0 (padding)")
 
 
