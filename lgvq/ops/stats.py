@@ -52,11 +52,22 @@ def code_counts_and_sums(
     _check_index_range(flat_idx, num_codes)
     if resolve_backend(backend, x) == "torch":
         return code_counts_and_sums_torch(flat_x, flat_idx, num_codes)
-    from lgvq.kernels.quantize import code_counts_and_sums as launch
-
     if x.dtype == torch.float64:
         raise TypeError("float64 inputs are supported by backend='torch' only")
-    return launch(flat_x.contiguous(), flat_idx.contiguous(), num_codes)
+    return code_counts_and_sums_triton(flat_x.contiguous(), flat_idx.contiguous(), num_codes)
+
+
+@torch.library.custom_op("lgvq::code_counts_and_sums_triton", mutates_args=())
+def code_counts_and_sums_triton(x: torch.Tensor, idx: torch.Tensor, num_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton scatter kernel as one op (fake implementation below), for torch.compile."""
+    from lgvq.kernels.quantize import code_counts_and_sums as launch
+
+    return launch(x, idx, num_codes)
+
+
+@code_counts_and_sums_triton.register_fake
+def _code_counts_and_sums_triton_fake(x, idx, num_codes):
+    return x.new_empty(num_codes, dtype=torch.float32), x.new_empty((num_codes, x.shape[1]), dtype=torch.float32)
 
 
 def _check_index_range(flat_idx: torch.Tensor, num_codes: int) -> None:
