@@ -4,13 +4,53 @@ Each helper raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError
 (wrong shape, device or content) with a message that names the argument and says
 what was expected, so users see the mistake at the call site rather than deep inside
 a kernel.
+
+Strict mode
+-----------
+Checks that read tensor *values* (NaN/Inf, index ranges, 0/1 masks) need the answer on the
+host: on a GPU each one is a device→host sync that stalls the launch queue and breaks CUDA-graph
+capture. The hot path (``nearest_code``, ``vector_quantize``, ``code_counts_and_sums``,
+``relation_alignment_loss``, the quantizers' training step, ``LanguageGuidance.forward``) runs
+them only in strict mode: ``lgvq.set_strict(True)`` or the environment variable
+``LGVQ_STRICT=1`` (read at import). Shape, dtype and device checks are free and always on.
+Entry points outside the hot path (evaluation metrics, decoding indices) keep their value
+checks unconditionally.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import Iterable
 
 import torch
+
+_strict = os.environ.get("LGVQ_STRICT", "0") == "1"
+
+
+def set_strict(enabled: bool) -> bool:
+    """Turn the hot path's value checks (NaN/Inf, ranges; each a host sync) on or off.
+
+    Returns the previous setting, so a caller can restore it.
+    """
+    global _strict
+    previous, _strict = _strict, bool(enabled)
+    return previous
+
+
+def is_strict() -> bool:
+    """Whether strict mode is on (see the module docs)."""
+    return _strict
+
+
+@contextlib.contextmanager
+def strict_mode(enabled: bool = True):
+    """``set_strict(enabled)`` for the duration of a ``with`` block."""
+    previous = set_strict(enabled)
+    try:
+        yield
+    finally:
+        set_strict(previous)
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -50,6 +90,12 @@ def check_finite(name: str, t: torch.Tensor) -> None:
     """NaN/Inf check. It reads the whole tensor (and syncs on CUDA), hence ``finite=False`` opt-outs."""
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or Inf")
+
+
+def check_finite_if_strict(name: str, t: torch.Tensor) -> None:
+    """The hot path's NaN/Inf check: ``check_finite`` in strict mode, nothing (no sync) otherwise."""
+    if _strict:
+        check_finite(name, t)
 
 
 def check_same_device(**tensors: torch.Tensor) -> torch.device:

@@ -9,6 +9,25 @@ from pathlib import Path
 from lgvq.extras import needs_extra
 
 
+def as_floats(metrics: dict) -> dict[str, float]:
+    """Python floats of a dict of numbers and scalar tensors (None values dropped).
+
+    The tensors of each device are read back in one copy: one device→host sync per call
+    instead of one per value.
+    """
+    import torch  # here, not at the top: the CLI imports this module before it needs torch
+
+    values = {k: float(v) for k, v in metrics.items() if v is not None and not isinstance(v, torch.Tensor)}
+    by_device: dict = {}
+    for key, value in metrics.items():
+        if isinstance(value, torch.Tensor):
+            by_device.setdefault(value.device, []).append(key)
+    for keys in by_device.values():
+        read = torch.stack([metrics[k].detach().reshape(()).float() for k in keys]).tolist()
+        values.update(zip(keys, read))
+    return {k: values[k] for k in metrics if k in values}
+
+
 class RunLogger:
     """Appends to ``out_dir/metrics.jsonl``, which first keeps only the records up to
     ``start_step``: a fresh run (0) starts an empty log, and a resume drops what was logged
@@ -35,7 +54,7 @@ class RunLogger:
     def log(self, step: int, metrics: dict, prefix: str = "train") -> None:
         if not self.enabled:
             return
-        clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+        clean = {k: v for k, v in as_floats(metrics).items() if math.isfinite(v)}
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, "split": prefix, **clean}) + "\n")
         if self.writer is not None:

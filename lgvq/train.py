@@ -45,7 +45,7 @@ from lgvq.data import DATASET_NAMES, FORMATS, collate, load_dataset
 from lgvq.data.shapes import SPLITS as SHAPES_SPLITS
 from lgvq.extras import needs_extra
 from lgvq.guidance import LanguageGuidance
-from lgvq.logger import RunLogger
+from lgvq.logger import RunLogger, as_floats
 from lgvq.models.losses import VQLPIPSWithDiscriminator
 from lgvq.models.registry import build_loss, build_model, get_spec
 from lgvq.models.vqmodel import VQModelConfig
@@ -216,8 +216,12 @@ def autocast(run: Run):
     return contextlib.nullcontext()
 
 
-def train_step(run: Run, optimizers, images: torch.Tensor, captions: list[str], step: int) -> dict[str, float]:
-    """One optimisation step; returns the scalars worth logging."""
+def train_step(run: Run, optimizers, images: torch.Tensor, captions: list[str], step: int) -> dict[str, torch.Tensor]:
+    """One optimisation step; returns the scalars worth logging, as detached 0-dim tensors.
+
+    They stay on the device: reading them (``lgvq.logger.as_floats``) is a device→host sync,
+    which the loop pays at logging steps only.
+    """
     run.model.train()
     with autocast(run):
         out = run.replica("model")(images)
@@ -242,7 +246,7 @@ def train_step(run: Run, optimizers, images: torch.Tensor, captions: list[str], 
         optimizers["disc"].step()
         logs.update(d_logs)
     logs.update({"train/perplexity": out.perplexity, "train/usage": out.usage})
-    return {k.split("/", 1)[1]: float(v.detach()) for k, v in logs.items()}
+    return {k.split("/", 1)[1]: v.detach() for k, v in logs.items()}
 
 
 @torch.no_grad()
@@ -342,8 +346,9 @@ def _train(config: ExperimentConfig, resume: bool, progress: bool, existing: str
             bar.update(1)
             last = step == config.train.steps
             if lead and (step % config.train.log_every == 0 or last):
-                logger.log(step, logs)
-                bar.set_postfix(nll=f"{logs['nll_loss']:.3f}", ppl=f"{logs['perplexity']:.0f}")
+                values = as_floats(logs)
+                logger.log(step, values)
+                bar.set_postfix(nll=f"{values['nll_loss']:.3f}", ppl=f"{values['perplexity']:.0f}")
             if lead and (step % config.train.image_every == 0 or last):
                 save_reconstructions(run, preview, out_dir / "images" / f"step_{step:08d}.png")
             if step % config.train.ckpt_every == 0 or last:

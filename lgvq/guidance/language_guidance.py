@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lgvq.checks import check_choice, check_positive, check_tensor
+from lgvq.checks import check_choice, check_finite_if_strict, check_positive, check_tensor
 from lgvq.guidance.semantic import (
     MaskedTextPredictor,
     global_semantic_alignment_loss,
     mask_k_words,
-    sample_mask_ratio,
+    draw_mask_ratio,
     sample_word_mask,
 )
 from lgvq.guidance.visual_tokens import VisualTokenizer
@@ -126,7 +126,8 @@ class LanguageGuidance(nn.Module):
     # ---- inputs ------------------------------------------------------------------------
 
     def _flatten_codes(self, z_q: torch.Tensor, channels_last: bool) -> torch.Tensor:
-        check_tensor("z_q", z_q, min_ndim=3)  # NaN named here, not as a derived tensor deep in Lras
+        check_tensor("z_q", z_q, min_ndim=3, finite=False)
+        check_finite_if_strict("z_q", z_q)  # NaN named here, not as a derived tensor deep in Lras
         if z_q.dim() == 3:  # (B, hw, C) token sequence
             tokens = z_q
         else:
@@ -172,16 +173,24 @@ class LanguageGuidance(nn.Module):
         return GuidanceOutput(loss=w_gsa * gsa + w_mtp * mtp + w_ras * ras, gsa=gsa, mtp=mtp, ras=ras)
 
     def _masked_text_loss(self, text: EncodedText, visual_tokens, generator) -> torch.Tensor:
-        mask = sample_word_mask(text.tokens, sample_mask_ratio(generator), generator)
-        logits = self.predict_masked(text, mask, visual_tokens, leak_free=self.mtp_input == "leak_free")
-        return self.mtp.loss(logits, text.tokens.ids[mask])
+        mask = sample_word_mask(text.tokens, draw_mask_ratio(generator), generator)
+        words = self._mtp_words(text, mask, leak_free=self.mtp_input == "leak_free")
+        padding = text.tokens.attention_mask == 0
+        return self.mtp.masked_loss(
+            words, mask, padding, visual_tokens, self.text_encoder.word_embeddings, text.tokens.ids
+        )
 
     def predict_masked(self, text: EncodedText, mask: torch.Tensor, visual_tokens: torch.Tensor,
                        *, leak_free: bool = True) -> torch.Tensor:
         """Vocabulary logits (num_masked, V) at the ``mask``ed words, which are hidden."""
-        words = self.text_encoder.encode_masked(text.tokens, mask).words if leak_free else text.words
         padding = text.tokens.attention_mask == 0
+        words = self._mtp_words(text, mask, leak_free)
         return self.mtp.logits(words, mask, padding, visual_tokens, self.text_encoder.word_embeddings)
+
+    def _mtp_words(self, text: EncodedText, mask: torch.Tensor, leak_free: bool) -> torch.Tensor:
+        """The caption features the predictor reads: re-encoded with the masked words hidden
+        (leak-free), or the unmasked caption's (the release's contextual input)."""
+        return self.text_encoder.encode_masked(text.tokens, mask).words if leak_free else text.words
 
     def _relation_loss(self, text: EncodedText, visual_tokens, codes) -> torch.Tensor:
         projected = self.relation_head(codes)

@@ -35,19 +35,35 @@ def global_semantic_alignment_loss(
     return (log_denominator - logits.diagonal()).mean()
 
 
+def draw_mask_ratio(generator: torch.Generator | None = None, mean: float = 0.5, std: float = 0.1,
+                    low: float = 0.1, high: float = 0.3) -> torch.Tensor:
+    """r ~ TruncatedNormal(0.5, 0.1) restricted to [0.1, 0.3], as released (inverse-CDF draw).
+
+    A 0-dim CPU tensor: the training step uses it without reading it into Python (a
+    ``float()`` would be a graph break under torch.compile). The normal's CDF and inverse
+    CDF are written out (torch.distributions validates its arguments with host reads).
+    """
+    def cdf(x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (1 + torch.erf((x - mean) / (std * math.sqrt(2))))
+
+    lo, hi = cdf(torch.tensor(low)), cdf(torch.tensor(high))
+    u = torch.rand((), generator=generator)
+    ratio = mean + std * math.sqrt(2) * torch.erfinv(2 * (lo + u * (hi - lo)) - 1)
+    return ratio.clamp(low, high)
+
+
 def sample_mask_ratio(generator: torch.Generator | None = None, mean: float = 0.5, std: float = 0.1,
                       low: float = 0.1, high: float = 0.3) -> float:
-    """r ~ TruncatedNormal(0.5, 0.1) restricted to [0.1, 0.3], as released (inverse-CDF draw)."""
-    normal = torch.distributions.Normal(mean, std)
-    lo, hi = normal.cdf(torch.tensor(low)), normal.cdf(torch.tensor(high))
-    u = torch.rand((), generator=generator)
-    return float(normal.icdf(lo + u * (hi - lo)).clamp(low, high))
+    """``draw_mask_ratio`` as a Python float."""
+    return float(draw_mask_ratio(generator, mean, std, low, high))
 
 
-def sample_word_mask(tokens: TokenizedText, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Mask each non-special word with probability ``ratio`` (start/end/padding never)."""
-    draws = torch.rand(tokens.ids.shape, generator=generator).to(tokens.ids.device)
-    return (draws < ratio) & ~tokens.special_mask
+def sample_word_mask(tokens: TokenizedText, ratio, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mask each non-special word with probability ``ratio`` (a float or a 0-dim CPU tensor;
+    start/end/padding never). The draws are made on the CPU (``generator``'s device) and
+    copied without a stream sync."""
+    mask = torch.rand(tokens.ids.shape, generator=generator) < ratio
+    return mask.to(tokens.ids.device, non_blocking=True) & ~tokens.special_mask
 
 
 def mask_k_words(tokens: TokenizedText, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -116,9 +132,15 @@ class MaskedTextPredictor(nn.Module):
         words (B, L, Dt), mask/padding (B, L) bool, visual_tokens (B, M+1, Dt). Only masked
         positions are scored: the V-wide head is most of the cost, and only they are trained.
         """
+        return self._head(self._hidden(words, mask, padding, visual_tokens)[mask], embeddings)
+
+    def _hidden(self, words, mask, padding, visual_tokens) -> torch.Tensor:
+        """The decoder's output H (B, L, Dt) for the masked caption."""
         x = torch.where(mask[..., None], self.mask_vectors.to(words.dtype)[None], words)
         x = x.masked_fill(padding[..., None], 0.0)
-        h = self.decoder(x, visual_tokens, tgt_key_padding_mask=None if self.release else padding)[mask]
+        return self.decoder(x, visual_tokens, tgt_key_padding_mask=None if self.release else padding)
+
+    def _head(self, h: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         h = self.head_norm(F.gelu(self.head_proj(h)))
         return h @ embeddings.t().to(h.dtype) + self.vocab_bias
 
@@ -128,3 +150,22 @@ class MaskedTextPredictor(nn.Module):
             return logits.sum() * 0.0  # keeps the graph (and DDP's parameter set) intact
         total = F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing, reduction="sum")
         return total / (targets.numel() + (RELEASE_COUNT_EPS if self.release else 0.0))
+
+    def masked_loss(self, words: torch.Tensor, mask: torch.Tensor, padding: torch.Tensor,
+                    visual_tokens: torch.Tensor, embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """``loss(logits(...), ids[mask])`` with static shapes: the training step's form.
+
+        Selecting the masked rows (``h[mask]``) has a data-dependent size, which costs a
+        device→host sync (and a graph break under torch.compile). Here every position is
+        scored and the per-position cross-entropy is averaged over the masked ones, which
+        gives the same value (0 when none is masked) for a head over B·L rows instead of
+        about a fifth of them.
+        """
+        h = self._hidden(words, mask, padding, visual_tokens)
+        logits = self._head(h, embeddings)
+        per_position = F.cross_entropy(
+            logits.flatten(0, 1).float(), ids.flatten(), label_smoothing=self.label_smoothing, reduction="none"
+        )
+        weights = mask.flatten().to(per_position.dtype)
+        count = weights.sum() + RELEASE_COUNT_EPS if self.release else weights.sum().clamp_min(1.0)
+        return (per_position * weights).sum() / count

@@ -1,4 +1,16 @@
-"""Backend dispatch shared by every op: ``auto`` | ``triton`` | ``torch``."""
+"""Backend dispatch shared by every op: ``auto`` | ``triton`` | ``torch``.
+
+Registered ops. Every kernel launch, and the torch search's loop over tiles, runs inside a
+``torch.library.custom_op`` (namespace ``lgvq``) with a fake implementation (output shapes and
+dtypes) and, where it has a gradient, ``register_autograd``. torch.compile therefore traces a
+model through the ops with ``fullgraph=True`` (one opaque call each, no graph break), and CUDA
+graphs capture them (no host sync inside). The Triton launches are wrapped as custom ops
+rather than ``torch.library.triton_op`` + ``wrap_triton``: those would need the launch sites
+in ``lgvq.kernels`` themselves to go through ``wrap_triton``, where the launchers choose tile
+configurations and codebook splits on the host (autotuning, resource-based pruning, SM
+counts). Kept opaque, they stay one launcher per kernel; Inductor could not fuse much into
+these bandwidth- or dot-bound kernels anyway.
+"""
 
 from __future__ import annotations
 

@@ -5,6 +5,10 @@ never holds more than ``block_bytes`` of distances at once (cache-sized on the C
 Triton path never writes any.
 Both use the expanded form ``|x|^2 - 2 x·e + |e|^2``, accumulate in fp32 (fp64 for fp64
 inputs on the torch path) and break ties towards the lowest code index.
+
+Each search is one registered op (``lgvq::search_torch``, ``lgvq::search_triton``) with a fake
+(shape-only) implementation, so torch.compile and CUDA graphs see a single opaque call with
+known outputs instead of the torch path's loop over tiles or a kernel launch.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lgvq.checks import check_choice, check_finite, check_same_device, check_tensor
+from lgvq.checks import check_choice, check_finite_if_strict, check_same_device, check_tensor
 from lgvq.ops.backend import resolve_backend
 
 METRICS = ("l2", "cos")
@@ -42,8 +46,8 @@ def check_codebook_inputs(x_name: str, x, codebook, metric: str) -> None:
             f"{codebook.shape[1]} (shape {tuple(codebook.shape)})"
         )
     check_same_device(**{x_name: x, "codebook": codebook})
-    check_finite(x_name, x)
-    check_finite("codebook", codebook)
+    check_finite_if_strict(x_name, x)
+    check_finite_if_strict("codebook", codebook)
 
 
 def check_code_sq_norms(code_sq_norms, codebook, metric: str) -> None:
@@ -51,7 +55,8 @@ def check_code_sq_norms(code_sq_norms, codebook, metric: str) -> None:
         return
     if metric != "l2":
         raise ValueError("code_sq_norms applies to metric='l2' only (cosine codes have unit norm)")
-    check_tensor("code_sq_norms", code_sq_norms, ndim=1)
+    check_tensor("code_sq_norms", code_sq_norms, ndim=1, finite=False)
+    check_finite_if_strict("code_sq_norms", code_sq_norms)
     if code_sq_norms.shape[0] != codebook.shape[0]:
         raise ValueError(
             f"code_sq_norms must have one entry per code ({codebook.shape[0]}), got {code_sq_norms.shape[0]}"
@@ -147,16 +152,46 @@ def search_torch(
     return scores, indices
 
 
-def search(x: torch.Tensor, codebook: torch.Tensor, offsets: torch.Tensor, backend: str, num_splits=None):
-    """Dispatch the search of flat x (N, d) to the resolved backend ('triton' or 'torch')."""
-    if backend == "torch":
-        return search_torch(x, codebook, offsets)
+@torch.library.custom_op("lgvq::search_torch", mutates_args=())
+def search_torch_op(x: torch.Tensor, codebook: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``search_torch`` as one op: its loop over tiles stays out of compiled graphs."""
+    return search_torch(x, codebook, offsets)
+
+
+@search_torch_op.register_fake
+def _search_torch_fake(x, codebook, offsets):
+    n = x.shape[0]
+    return x.new_empty(n, dtype=_accumulate_dtype(x, codebook)), x.new_empty(n, dtype=torch.int64)
+
+
+@torch.library.custom_op("lgvq::search_triton", mutates_args=())
+def search_triton_op(
+    x: torch.Tensor, codebook: torch.Tensor, offsets: torch.Tensor, num_splits: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton search launcher as one op (see ``lgvq.ops.backend`` for why not ``triton_op``)."""
     from lgvq.kernels.nearest import nearest_code_search
 
+    return nearest_code_search(x, codebook, offsets, num_splits)
+
+
+@search_triton_op.register_fake
+def _search_triton_fake(x, codebook, offsets, num_splits):
+    n = x.shape[0]
+    return x.new_empty(n, dtype=torch.float32), x.new_empty(n, dtype=torch.int64)
+
+
+def search(x: torch.Tensor, codebook: torch.Tensor, offsets: torch.Tensor, backend: str, num_splits=None):
+    """Dispatch the search of flat x (N, d) to the resolved backend ('triton' or 'torch').
+
+    The search is not differentiable (an argmin): inputs are detached.
+    """
+    x, codebook, offsets = x.detach(), codebook.detach(), offsets.detach()
+    if backend == "torch":
+        return search_torch_op(x, codebook, offsets)
     if torch.float64 in (x.dtype, codebook.dtype):
         raise TypeError("float64 inputs are supported by backend='torch' only")
     dtype = torch.promote_types(x.dtype, codebook.dtype)  # tl.dot wants one operand dtype
-    return nearest_code_search(
+    return search_triton_op(
         x.to(dtype).contiguous(), codebook.to(dtype).contiguous(), offsets.float().contiguous(), num_splits
     )
 

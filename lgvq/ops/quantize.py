@@ -4,6 +4,11 @@ Forward: e = codebook[nearest_code(z)], z_q = e in z's dtype, and
 ``loss = beta * mean((z - sg(e))^2) + mean((sg(z) - e)^2)`` (taming's VectorQuantizer2
 with legacy=False, CVQ-VAE). Backward: z receives the straight-through gradient plus the
 commitment term; the codebook receives only the codebook-loss gradient.
+
+The torch path is the search op plus plain torch ops (autograd differentiates them, and
+torch.compile traces them). The fused Triton path is two registered ops,
+``lgvq::vector_quantize_triton`` and its backward, joined by ``register_autograd``, each with a
+fake implementation, so it compiles without a graph break and replays in CUDA graphs.
 """
 
 from __future__ import annotations
@@ -39,32 +44,58 @@ def vector_quantize_torch(
     return straight_through(z, e), idx, loss
 
 
-class VectorQuantizeFunction(torch.autograd.Function):
-    """Fused Triton path: search, gather + squared error, and a one-pass backward."""
+@torch.library.custom_op("lgvq::vector_quantize_triton", mutates_args=())
+def vector_quantize_triton(
+    z: torch.Tensor, codebook: torch.Tensor, offsets: torch.Tensor, beta: float, num_splits: int | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fused Triton path over flat z (N, d): search, then gather + squared error in one pass."""
+    from lgvq.kernels.quantize import gather_and_sqerr
 
-    @staticmethod
-    def forward(ctx, z, codebook, offsets, beta, num_splits):
-        from lgvq.kernels.quantize import gather_and_sqerr
+    _, idx = search(z, codebook, offsets, "triton", num_splits)
+    z_q, sqerr = gather_and_sqerr(z.contiguous(), codebook.contiguous(), idx)
+    return z_q, idx, sqerr.sum() * ((1.0 + beta) / z.numel())
 
-        _, idx = search(z, codebook, offsets, "triton", num_splits)
-        z = z.contiguous()
-        codebook = codebook.contiguous()
-        z_q, sqerr = gather_and_sqerr(z, codebook, idx)
-        loss = sqerr.sum() * ((1.0 + beta) / z.numel())
-        ctx.save_for_backward(z, codebook, idx)
-        ctx.beta = beta
-        ctx.mark_non_differentiable(idx)
-        return z_q, idx, loss
 
-    @staticmethod
-    def backward(ctx, grad_zq, _grad_idx, grad_loss):
-        from lgvq.kernels.quantize import quantize_backward
+@vector_quantize_triton.register_fake
+def _vector_quantize_triton_fake(z, codebook, offsets, beta, num_splits):
+    return torch.empty_like(z), z.new_empty(z.shape[0], dtype=torch.int64), z.new_empty((), dtype=torch.float32)
 
-        z, codebook, idx = ctx.saved_tensors
-        grad_z, grad_codebook = quantize_backward(
-            z, codebook, idx, grad_zq, grad_loss.float().reshape(1), ctx.beta, ctx.needs_input_grad[1]
-        )
-        return grad_z, grad_codebook, None, None, None
+
+@torch.library.custom_op("lgvq::vector_quantize_triton_backward", mutates_args=())
+def vector_quantize_triton_backward(
+    z: torch.Tensor, codebook: torch.Tensor, idx: torch.Tensor, grad_zq: torch.Tensor, grad_loss: torch.Tensor,
+    beta: float, code_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dz, dcodebook) in one pass; dcodebook is empty (0,) unless ``code_grad``."""
+    from lgvq.kernels.quantize import quantize_backward
+
+    grad_z, grad_codebook = quantize_backward(
+        z.contiguous(), codebook.contiguous(), idx, grad_zq, grad_loss.float().reshape(1), beta, code_grad
+    )
+    return grad_z, grad_codebook if code_grad else z.new_empty(0)
+
+
+@vector_quantize_triton_backward.register_fake
+def _vector_quantize_triton_backward_fake(z, codebook, idx, grad_zq, grad_loss, beta, code_grad):
+    return torch.empty_like(z, memory_format=torch.contiguous_format), (
+        torch.empty_like(codebook, memory_format=torch.contiguous_format) if code_grad else z.new_empty(0)
+    )
+
+
+def _save_for_quantize_backward(ctx, inputs, output):
+    z, codebook, _offsets, beta, _num_splits = inputs
+    ctx.save_for_backward(z, codebook, output[1])
+    ctx.beta = beta
+
+
+def _quantize_backward(ctx, grad_zq, _grad_idx, grad_loss):
+    z, codebook, idx = ctx.saved_tensors
+    code_grad = ctx.needs_input_grad[1]
+    grad_z, grad_codebook = vector_quantize_triton_backward(z, codebook, idx, grad_zq, grad_loss, ctx.beta, code_grad)
+    return grad_z, (grad_codebook if code_grad else None), None, None, None
+
+
+vector_quantize_triton.register_autograd(_quantize_backward, setup_context=_save_for_quantize_backward)
 
 
 def vector_quantize(
@@ -93,5 +124,5 @@ def vector_quantize(
     if backend == "torch":
         z_q, idx, loss = vector_quantize_torch(flat, codes, beta, offsets)
     else:
-        z_q, idx, loss = VectorQuantizeFunction.apply(flat, codes, offsets, float(beta), num_splits)
+        z_q, idx, loss = vector_quantize_triton(flat, codes, offsets, float(beta), num_splits)
     return z_q.view(z.shape), idx.view(z.shape[:-1]), loss

@@ -15,16 +15,17 @@ vectors instead of NaN.
 
 The torch reference below is the oracle and the CPU path; the Triton path
 (``lgvq.kernels.relation``) never materialises the (B, L, M) similarities or the gathered
-(B, L, Dt) codes.
+(B, L, Dt) codes. It is two registered ops (``lgvq::relation_triton`` and its backward,
+joined by ``register_autograd``) with fake implementations, so it compiles without a graph
+break.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
-from lgvq.checks import FLOAT_DTYPES, check_same_device, check_tensor
+from lgvq.checks import FLOAT_DTYPES, check_finite_if_strict, check_same_device, check_tensor, is_strict
 from lgvq.ops.backend import resolve_backend
 
 #: Norm clamp of every normalisation, F.normalize's default.
@@ -55,32 +56,67 @@ def relation_alignment_reference(
     return (p - q).pow(2).mean()
 
 
-class RelationAlignment(torch.autograd.Function):
-    """Lras through the Triton kernels; the gradient goes to ``codes`` only."""
+@torch.library.custom_op("lgvq::relation_triton", mutates_args=())
+def relation_triton(
+    words: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor, codes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Lras through the Triton kernels: (loss, *RelationState), the state being what the backward reads."""
+    from lgvq.kernels.relation import relation_forward  # imports triton: only once it is asked for
 
-    @staticmethod
-    def forward(ctx, words, mask, tokens, codes):
-        from lgvq.kernels.relation import relation_forward  # imports triton: only once it is asked for
+    loss, state = relation_forward(words, mask, tokens, codes, EPS)
+    return (loss, *state)
 
-        loss, state = relation_forward(words, mask, tokens, codes, EPS)
-        ctx.save_for_backward(codes, *state)
-        return loss
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_loss):
-        from lgvq.kernels.relation import RelationState, relation_backward
+@relation_triton.register_fake
+def _relation_triton_fake(words, mask, tokens, codes):
+    from lgvq.kernels.relation import WORD_BLOCK  # imports triton: only once the Triton path is traced
 
-        codes, *state = ctx.saved_tensors
-        return None, None, None, relation_backward(codes, RelationState(*state), grad_loss)
+    B, L = words.shape[:2]
+    f32 = dict(dtype=torch.float32)
+    return (
+        words.new_empty((), **f32), words.new_empty((B, L), dtype=torch.int32), words.new_empty((B, L), **f32),
+        words.new_empty((B, -(-L // WORD_BLOCK), L), **f32), words.new_empty((B, L, L), **f32),
+    )
+
+
+@torch.library.custom_op("lgvq::relation_triton_backward", mutates_args=())
+def relation_triton_backward(
+    codes: torch.Tensor, idx: torch.Tensor, gscale: torch.Tensor, r: torch.Tensor, diff: torch.Tensor,
+    grad_loss: torch.Tensor,
+) -> torch.Tensor:
+    """dLras/dcodes (B, M, Dt), contiguous in codes' dtype."""
+    from lgvq.kernels.relation import RelationState, relation_backward
+
+    return relation_backward(codes, RelationState(idx, gscale, r, diff), grad_loss)
+
+
+@relation_triton_backward.register_fake
+def _relation_triton_backward_fake(codes, idx, gscale, r, diff, grad_loss):
+    return torch.empty_like(codes, memory_format=torch.contiguous_format)
+
+
+def _save_for_relation_backward(ctx, inputs, output):
+    ctx.save_for_backward(inputs[3], *output[1:])
+
+
+def _relation_backward(ctx, grad_loss, *_grad_state):
+    """The gradient goes to ``codes`` only."""
+    codes, *state = ctx.saved_tensors
+    return None, None, None, relation_triton_backward(codes, *state, grad_loss)
+
+
+relation_triton.register_autograd(_relation_backward, setup_context=_save_for_relation_backward)
 
 
 def _check_inputs(words, word_mask, tokens, codes) -> None:
-    check_tensor("words", words, ndim=3)
-    check_tensor("word_mask", word_mask, ndim=2, dtypes=MASK_DTYPES)
-    check_tensor("tokens", tokens, ndim=3)
-    check_tensor("codes", codes, ndim=3)
-    check_same_device(words=words, word_mask=word_mask, tokens=tokens, codes=codes)
+    named = {"words": words, "word_mask": word_mask, "tokens": tokens, "codes": codes}
+    check_tensor("words", words, ndim=3, finite=False)
+    check_tensor("word_mask", word_mask, ndim=2, dtypes=MASK_DTYPES, finite=False)
+    check_tensor("tokens", tokens, ndim=3, finite=False)
+    check_tensor("codes", codes, ndim=3, finite=False)
+    for name, t in named.items():
+        check_finite_if_strict(name, t)
+    check_same_device(**named)
     B, L, Dt = words.shape
     if word_mask.shape != (B, L):
         raise ValueError(f"word_mask must have shape (B, L) = {(B, L)} like words, got {tuple(word_mask.shape)}")
@@ -90,7 +126,7 @@ def _check_inputs(words, word_mask, tokens, codes) -> None:
         )
     if codes.shape != tokens.shape:
         raise ValueError(f"codes must have the shape of tokens {tuple(tokens.shape)}, got {tuple(codes.shape)}")
-    if word_mask.dtype != torch.bool and not bool(((word_mask == 0) | (word_mask == 1)).all()):
+    if is_strict() and word_mask.dtype != torch.bool and not bool(((word_mask == 0) | (word_mask == 1)).all()):
         raise ValueError("word_mask must hold only 1 (word) and 0 (padding)")
 
 
@@ -139,4 +175,4 @@ def relation_alignment_loss(
         return relation_alignment_reference(words, word_mask, tokens, codes)
     mask = word_mask.to(torch.float32).contiguous()
     # words and tokens are detached so that, as on the torch path, they never require grad here.
-    return RelationAlignment.apply(words.detach(), mask, tokens.detach(), codes)
+    return relation_triton(words.detach(), mask, tokens.detach(), codes)[0]

@@ -212,6 +212,7 @@ class ClusteredVectorQuantizer(VectorQuantizer):
         self.anchor, self.cvq_decay = anchor, cvq_decay
         self.first_batch_only, self.contrastive = first_batch_only, contrastive
         self.register_buffer("embed_prob", torch.zeros(n_e))  # the release's name, so its checkpoints load
+        self._anchored = False  # host copy of ``step > 0`` for first_batch_only, read without a sync
 
     def _rewrites_codebook(self) -> bool:
         return True  # re-anchoring moves codes after every training step
@@ -226,13 +227,18 @@ class ClusteredVectorQuantizer(VectorQuantizer):
     def _training_updates(self, flat: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor | None) -> None:
         super()._training_updates(flat, counts, sums)
         self.embed_prob.mul_(self.cvq_decay).add_(counts / counts.sum(), alpha=1 - self.cvq_decay)
-        if self.first_batch_only and int(self.step) > 1:
+        if self.first_batch_only and self._anchored:
             return
+        self._anchored = True
         anchors = self._anchors(gather_rows(flat)).float()
         broadcast_(anchors)  # rank 0's draws for everyone: the codebooks stay identical
         alpha = anchor_weights(self.embed_prob, self.cvq_decay)[:, None]
         weight = self.embedding.weight.detach().float()
         self._set_codebook(weight * (1 - alpha) + anchors * alpha)
+
+    def _refresh_host_state(self) -> None:
+        super()._refresh_host_state()
+        self._anchored = bool(self.step > 0)
 
     def _anchors(self, features: torch.Tensor) -> torch.Tensor:
         """One batch feature per code, chosen by ``self.anchor``: (K, d)."""

@@ -18,7 +18,7 @@ def sample_rows(x: torch.Tensor, count: int, generator: torch.Generator | None =
         pick = torch.randperm(n, generator=generator, device="cpu")[:count]
     else:
         pick = torch.randint(0, n, (count,), generator=generator, device="cpu")
-    return x[pick.to(x.device)]
+    return x[pick.to(x.device, non_blocking=True)]  # pageable source: safe, and no stream sync
 
 
 def kmeans_plus_plus(x: torch.Tensor, count: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -19,6 +19,11 @@ the batch, a running codebook-usage statistic, perplexity. Non-gradient state is
 synchronised over ranks when a process group is initialised (``lgvq.quantize.distributed``).
 Each option's buffers exist only while it is on, so the state dict holds only what the
 enabled features need.
+
+A training step makes no device→host sync (after the k-means initialisation, a one-off): every
+statistic stays on the device and every update is a masked write (``torch.where``), never a
+data-dependent branch. Value checks of the input (NaN/Inf) run in strict mode only
+(``lgvq.set_strict``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from torch import nn
 
 from lgvq.checks import check_choice, check_positive, check_tensor
 from lgvq.ops import code_counts_and_sums, vector_quantize
+from lgvq.ops.stats import code_counts
 from lgvq.ops.nearest import METRICS
 from lgvq.quantize.distributed import all_reduce_sum_, broadcast_, gather_rows
 from lgvq.quantize.kmeans import kmeans, sample_rows
@@ -137,6 +143,9 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("ema_sums", self.embedding.weight.detach().clone())
         if kmeans_init:
             self.register_buffer("initialized", torch.tensor(False))
+        # Host copy of ``not initialized``, so that a training step need not read the buffer
+        # back from the device; refreshed when a state dict is loaded.
+        self._kmeans_pending = kmeans_init
         if dead_code_threshold > 0:
             self.register_buffer("usage_ema", torch.zeros(n_e))
         if track_usage:
@@ -192,7 +201,7 @@ class VectorQuantizer(nn.Module):
         flat = z.reshape(-1, self.e_dim)
         if self.metric == "cos":
             flat = F.normalize(flat, dim=-1)
-        if self.kmeans_init and self.training and not bool(self.initialized):
+        if self.training and self._kmeans_pending:
             self._kmeans_init(flat.detach())
 
         z_q, idx, loss = self._quantize_flat(flat)
@@ -201,7 +210,7 @@ class VectorQuantizer(nn.Module):
             if self.ema:
                 counts, sums = code_counts_and_sums(flat.detach(), idx, self.n_e, backend=self.backend)
             else:
-                counts, sums = torch.bincount(idx, minlength=self.n_e).float(), None
+                counts, sums = code_counts(idx, self.n_e), None
             if self.training:
                 # Only training steps synchronise: ranks take them in lockstep, while evaluation
                 # may run on some ranks only (rank 0, say), where a collective would wait forever.
@@ -285,7 +294,7 @@ class VectorQuantizer(nn.Module):
     def _training_updates(self, flat: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor | None) -> None:
         if self.track_usage:
             self.step += 1
-            self.last_used[counts > 0] = self.step
+            self.last_used.copy_(torch.where(counts > 0, self.step, self.last_used))
         if sums is not None:
             self._ema_update(counts, sums)
         if self.dead_code_threshold > 0:
@@ -300,21 +309,27 @@ class VectorQuantizer(nn.Module):
         self._set_codebook(self.ema_sums / smoothed[:, None])
 
     def _restart_dead_codes(self, flat: torch.Tensor, counts: torch.Tensor) -> None:
-        dead = self.usage_ema < self.dead_code_threshold
-        num_dead = int(dead.sum())
-        if num_dead == 0:  # identical on every rank: usage_ema is built from all-reduced counts
-            return
-        pool = gather_rows(flat)
-        fresh = sample_rows(pool, num_dead).to(self.embedding.weight.dtype)
-        broadcast_(fresh)  # every rank restarts the same codes with the same vectors
-        weight = self.embedding.weight.detach().clone()
-        weight[dead] = fresh
-        self._set_codebook(weight)
+        """Move every code whose usage fell below the threshold onto a batch vector.
+
+        Every step draws one candidate row per code and writes it where a code is dead, so no
+        step has to ask the device how many codes died (a host sync). Dead-ness is identical
+        on every rank (usage_ema is built from all-reduced counts), and rank 0's candidates,
+        drawn from all ranks' rows, are broadcast: every rank restarts the same codes with the
+        same vectors. (Under a process group, gathering the rows exchanges their counts: one
+        sync per step there.)
+        """
+        dead = (self.usage_ema < self.dead_code_threshold)[:, None]
+        fresh = sample_rows(gather_rows(flat), self.n_e).to(self.embedding.weight.dtype)
+        broadcast_(fresh)
+        if self.metric == "cos":
+            fresh = F.normalize(fresh, dim=-1)
+        with torch.no_grad():
+            self.embedding.weight.copy_(torch.where(dead, fresh, self.embedding.weight))
         # a restarted code starts as an average code, so it gets a few steps to be picked
-        self.usage_ema[dead] = counts.sum() / self.n_e
+        self.usage_ema.copy_(torch.where(dead[:, 0], counts.sum() / self.n_e, self.usage_ema))
         if self.ema:
-            self.ema_counts[dead] = self.ema_counts.mean()
-            self.ema_sums[dead] = fresh.float() * self.ema_counts[dead, None]
+            self.ema_counts.copy_(torch.where(dead[:, 0], self.ema_counts.mean(), self.ema_counts))
+            self.ema_sums.copy_(torch.where(dead, fresh.float() * self.ema_counts[:, None], self.ema_sums))
 
     def _kmeans_init(self, flat: torch.Tensor) -> None:
         pool = gather_rows(flat.float())
@@ -326,6 +341,7 @@ class VectorQuantizer(nn.Module):
             self.ema_counts.copy_(weight)
             self.ema_sums.copy_(centroids * weight[:, None])
         self.initialized.fill_(True)
+        self._kmeans_pending = False
 
     def _set_codebook(self, weight: torch.Tensor) -> None:
         if self.metric == "cos":
@@ -355,6 +371,11 @@ class VectorQuantizer(nn.Module):
             for name in OPTIONAL_STATISTICS - own.keys():
                 state_dict.pop(prefix + name, None)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._refresh_host_state()
+
+    def _refresh_host_state(self) -> None:
+        """Re-read the host copies of buffer values after a load (one sync, at load time)."""
+        self._kmeans_pending = self.kmeans_init and not bool(self.initialized)
 
     def extra_repr(self) -> str:
         return (

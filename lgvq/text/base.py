@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lgvq.checks import check_tensor
+from lgvq.checks import check_tensor, is_strict
 from lgvq.text.cache import CaptionFeatureCache
 
 DEFAULT_MAX_LENGTH = 30  # the LG-VQ release truncates CLIP captions to 30 tokens
@@ -44,10 +44,11 @@ class TokenizedText:
     captions: tuple[str, ...] | None = None
 
     def to(self, device: torch.device | str) -> TokenizedText:
+        # non_blocking: a host→device copy then needs no stream sync (safe from pageable memory)
         return TokenizedText(
-            ids=self.ids.to(device),
-            attention_mask=self.attention_mask.to(device),
-            special_mask=self.special_mask.to(device),
+            ids=self.ids.to(device, non_blocking=True),
+            attention_mask=self.attention_mask.to(device, non_blocking=True),
+            special_mask=self.special_mask.to(device, non_blocking=True),
             captions=self.captions,
         )
 
@@ -123,6 +124,19 @@ def check_tokenizer_fits(tokenizer, vocab_size: int) -> None:
         )
     if size <= len(set(tokenizer.all_special_ids)):
         raise ValueError(f"the tokenizer knows no words besides its {size} special tokens")
+
+
+def additive_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype, *, causal: bool) -> torch.Tensor:
+    """The 4-D additive mask (B, 1, 1 or L, L) for a Hugging Face encoder, from the (B, L) 0/1 mask.
+
+    Given a 2-D mask, transformers asks the device whether any position is padded (to skip
+    the mask when none is): a host sync on every encode. A 4-D mask is used as it is.
+    """
+    keep = attention_mask.bool()[:, None, None, :]
+    if causal:
+        length = attention_mask.shape[1]
+        keep = keep & torch.ones(length, length, dtype=torch.bool, device=keep.device).tril()
+    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
 
 
 def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -270,7 +284,7 @@ class TextEncoder(nn.Module, abc.ABC):
             raise ValueError(
                 f"tokens.captions has {len(tokens.captions)} entries for {ids.shape[0]} rows"
             )
-        if bool((ids < 0).any()) or bool((ids >= self.vocab_size).any()):
+        if is_strict() and (bool((ids < 0).any()) or bool((ids >= self.vocab_size).any())):
             raise ValueError(f"tokens.ids must lie in [0, {self.vocab_size})")
         return tokens
 
@@ -293,7 +307,8 @@ class TextEncoder(nn.Module, abc.ABC):
 
         This is the leak-free input of masked text prediction: the contextual features of
         the unmasked neighbours are computed without ever seeing the masked words. Masking a
-        special or padding position is a bug in the caller and raises.
+        special or padding position is a bug in the caller; strict mode (``lgvq.set_strict``)
+        checks for it, and for ids outside the vocabulary (both checks read the device).
         """
         tokens = self._check_tokens(tokens)
         check_tensor("mask", mask, ndim=2, dtypes=(torch.bool,), nonempty=False)
@@ -303,7 +318,7 @@ class TextEncoder(nn.Module, abc.ABC):
                 f"{tuple(mask.shape)}"
             )
         mask = mask.to(tokens.ids.device)
-        if bool((mask & tokens.special_mask).any()):
+        if is_strict() and bool((mask & tokens.special_mask).any()):
             raise ValueError(
                 "mask must not cover special or padding positions (tokens.special_mask)"
             )
@@ -336,6 +351,6 @@ class TextEncoder(nn.Module, abc.ABC):
             fresh = self._encode_batch(tokens.rows(list(first_miss_row.values())))
             for j, caption in enumerate(first_miss_row):
                 features[caption] = self.cache.put(caption, fresh.words[j], fresh.sentence[j])
-        words = torch.stack([features[c][0] for c in tokens.captions]).to(self.device)
-        sentence = torch.stack([features[c][1] for c in tokens.captions]).to(self.device)
+        words = torch.stack([features[c][0] for c in tokens.captions]).to(self.device, non_blocking=True)
+        sentence = torch.stack([features[c][1] for c in tokens.captions]).to(self.device, non_blocking=True)
         return EncodedText(words=words, sentence=sentence, tokens=tokens.to(self.device))

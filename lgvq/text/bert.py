@@ -7,7 +7,13 @@ import os
 import torch
 
 from lgvq.extras import needs_extra
-from lgvq.text.base import DEFAULT_CACHE_SIZE, DEFAULT_MAX_LENGTH, TextEncoder, masked_mean
+from lgvq.text.base import (
+    DEFAULT_CACHE_SIZE,
+    DEFAULT_MAX_LENGTH,
+    TextEncoder,
+    additive_attention_mask,
+    masked_mean,
+)
 from lgvq.text.local_files import (
     default_minilm_dir,
     load_frozen_weights,
@@ -64,5 +70,6 @@ class BertLikeEncoder(TextEncoder):
     def _run_model(
         self, ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.model(input_ids=ids, attention_mask=attention_mask).last_hidden_state
+        mask = additive_attention_mask(attention_mask, self.word_embeddings.dtype, causal=False)
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
         return hidden, masked_mean(hidden, attention_mask)

@@ -7,7 +7,7 @@ import os
 import torch
 
 from lgvq.extras import needs_extra
-from lgvq.text.base import DEFAULT_CACHE_SIZE, DEFAULT_MAX_LENGTH, TextEncoder
+from lgvq.text.base import DEFAULT_CACHE_SIZE, DEFAULT_MAX_LENGTH, TextEncoder, additive_attention_mask
 from lgvq.text.local_files import (
     CLIP_TOKENIZER_FILES,
     load_frozen_weights,
@@ -77,5 +77,6 @@ class CLIPTextEncoder(TextEncoder):
     def _run_model(
         self, ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.model(input_ids=ids, attention_mask=attention_mask)
+        mask = additive_attention_mask(attention_mask, self.word_embeddings.dtype, causal=True)
+        out = self.model(input_ids=ids, attention_mask=mask)
         return out.last_hidden_state, out.text_embeds

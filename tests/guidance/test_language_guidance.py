@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lgvq.checks import strict_mode
 from lgvq.guidance import LanguageGuidance
 from lgvq.guidance.semantic import (
     global_semantic_alignment_loss,
@@ -258,5 +259,24 @@ def test_nan_z_q_is_reported_as_z_q(text_encoder):
     guidance = LanguageGuidance(16, 4, text_encoder)
     z_q = torch.randn(4, 16, 4, 4)
     z_q[1, 2, 3, 0] = float("nan")
-    with pytest.raises(ValueError, match="^z_q contains NaN or Inf$"):
+    with strict_mode(), pytest.raises(ValueError, match="^z_q contains NaN or Inf$"):  # a value check: strict mode
         guidance(z_q, CAPTIONS)
+
+
+def test_static_shape_mtp_loss_equals_the_masked_rows_loss(text_encoder):
+    """The training step scores every position and averages over the masked ones; that must
+    equal the loss over the selected rows (and be 0 with nothing masked)."""
+    guidance = LanguageGuidance(8, 2, text_encoder).eval()
+    text = text_encoder(CAPTIONS)
+    mask = sample_word_mask(text.tokens, 0.5, torch.Generator().manual_seed(3))
+    visual = _visual_tokens(guidance, 4)
+    words = text_encoder.encode_masked(text.tokens, mask).words
+    padding = text.tokens.attention_mask == 0
+    args = (words, mask, padding, visual, text_encoder.word_embeddings)
+    selected = guidance.mtp.loss(guidance.mtp.logits(*args), text.tokens.ids[mask])
+    static = guidance.mtp.masked_loss(*args, text.tokens.ids)
+    assert mask.sum() > 1
+    torch.testing.assert_close(static, selected, rtol=1e-5, atol=1e-6)
+    nothing = torch.zeros_like(mask)
+    none_masked = guidance.mtp.masked_loss(words, nothing, padding, visual, text_encoder.word_embeddings, text.tokens.ids)
+    assert none_masked.item() == 0.0

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import lgvq.ops.backend as backend_mod
+from lgvq.checks import strict_mode
 from lgvq.ops import nearest_code
 
 # (N, K, d): N = 1, K not a multiple of any tile, d = 3 / 17 / 300 (300 > one d tile).
@@ -207,7 +208,7 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("make,err,msg", BAD_INPUTS)
 def test_bad_input_is_rejected(make, err, msg):
     x, codebook = make()
-    with pytest.raises(err, match=msg):
+    with strict_mode(), pytest.raises(err, match=msg):  # NaN/Inf checks run in strict mode only
         nearest_code(x, codebook)
 
 

@@ -8,6 +8,7 @@ import torch
 
 import lgvq.ops.backend as backend_module
 import lgvq.ops.relation as relation_module
+from lgvq.checks import strict_mode
 from lgvq.ops.relation import relation_alignment_loss, relation_alignment_reference
 
 def make_inputs(B, L, M, Dt, *, dtype=torch.float32, device="cpu", lengths=None):
@@ -250,7 +251,7 @@ def test_triton_scales_gradient_by_upstream(device):
 def test_bad_inputs_raise(mutate, error, message):
     words, mask, tokens, codes = make_inputs(2, 6, 7, 8)
     args = mutate({"words": words, "word_mask": mask, "tokens": tokens, "codes": codes})
-    with pytest.raises(error, match=message):
+    with strict_mode(), pytest.raises(error, match=message):  # value checks: strict mode only
         relation_alignment_loss(**args)
 
 

@@ -169,6 +169,10 @@ def test_first_batch_only_reanchors_once():
     q.quantize(torch.randn(12, 2))
     assert not torch.equal(after_first, before)
     assert torch.equal(q.embedding.weight.detach(), after_first)
+    resumed = ClusteredVectorQuantizer(8, 2, first_batch_only=True)
+    resumed.load_state_dict(q.state_dict())  # a resumed run is past its first batch
+    resumed.train().quantize(torch.randn(12, 2))
+    assert torch.equal(resumed.embedding.weight.detach(), after_first)
 
 
 def test_eval_mode_leaves_the_codebook_alone():

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lgvq.checks import strict_mode
 from lgvq.quantize import VectorQuantizer, kmeans
 
 BACKENDS = ["torch", pytest.param("triton", marks=pytest.mark.triton)]
@@ -176,7 +177,7 @@ def test_eval_mode_leaves_state_alone():
     ],
 )
 def test_bad_calls(call, err, msg):
-    with pytest.raises(err, match=msg):
+    with strict_mode(), pytest.raises(err, match=msg):  # the NaN check runs in strict mode only
         call(VectorQuantizer(8, 4))
 
 
@@ -192,3 +193,18 @@ def test_bad_calls(call, err, msg):
 def test_bad_construction(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
         VectorQuantizer(**kwargs)
+
+
+def test_loaded_initialised_state_skips_kmeans():
+    """The step reads a host copy of ``initialized``: a load must refresh it both ways."""
+    data = torch.randn(64, 2)
+    trained = VectorQuantizer(4, 2, kmeans_init=True).train()
+    trained.quantize(data)
+    resumed = VectorQuantizer(4, 2, kmeans_init=True)
+    resumed.load_state_dict(trained.state_dict())
+    resumed.train().quantize(data + 100.0)  # k-means here would move every code near +100
+    assert torch.equal(resumed.embedding.weight, trained.embedding.weight)
+    fresh = VectorQuantizer(4, 2)  # initialised at construction, but loads a pending state
+    fresh.load_state_dict(VectorQuantizer(4, 2, kmeans_init=True).state_dict())
+    fresh.train().quantize(data + 100.0)
+    assert bool(fresh.initialized) and (fresh.embedding.weight > 90).all()
