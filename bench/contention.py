@@ -21,7 +21,6 @@ other than this one used during the condition, in cores (the added competitor in
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from bench.relation import loss_and_grad, make_inputs, released_style_loss
 from bench.nearest import eager_nearest
 from lgvq.ops.nearest import nearest_code
 from lgvq.ops.relation import relation_alignment_loss
+from lgvq.threads import LoadMeter
 
 #: Competing processes, by condition name (None: nothing added).
 COMPETITORS: dict[str, list[str] | None] = {
@@ -49,19 +49,6 @@ COMPETITORS: dict[str, list[str] | None] = {
 }
 
 
-def _busy_seconds() -> float:
-    """CPU seconds (user + system, all cores) the machine has spent since boot."""
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    busy = sum(fields[:3]) + sum(fields[5:8])  # user nice system (idle iowait) irq softirq steal
-    return busy / os.sysconf("SC_CLK_TCK")
-
-
-def _own_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
 @contextmanager
 def condition(name: str):
     """Run the block with ``name``'s competitor; yields a dict that gets 'load' (other cores busy)."""
@@ -70,10 +57,9 @@ def condition(name: str):
     info: dict[str, float] = {}
     try:
         time.sleep(1.0 if competitor else 0.0)  # let the competitor start up
-        wall, busy, own = time.perf_counter(), _busy_seconds(), _own_seconds()
+        meter = LoadMeter().start()
         yield info
-        wall = time.perf_counter() - wall
-        info["load"] = max(0.0, (_busy_seconds() - busy) - (_own_seconds() - own)) / wall
+        info["load"] = meter.stop().other_cores
     finally:
         if competitor is not None:
             competitor.kill()
