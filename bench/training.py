@@ -152,10 +152,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=10, help="timed steps per case")
     parser.add_argument("--conditions", nargs="+", choices=list(COMPETITORS), default=["idle", "busy process"])
+    parser.add_argument("--threads", type=int, nargs="+", default=None,
+                        help="torch thread counts to time (default: 1 and every core)")
     parser.add_argument("--no-save", action="store_true", help="print only; do not append to bench/results")
     args = parser.parse_args(argv)
     threads = set_cpu_threads()
-    counts = sorted({1, threads})
+    counts = sorted(set(args.threads or {1, threads}))
     rows = throughput(args.conditions, counts, args.steps)
     parts = lg_breakdown(args.steps)
     tables = [throughput_table(rows), breakdown_table(parts)]

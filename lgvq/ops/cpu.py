@@ -21,7 +21,6 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -112,18 +111,16 @@ def run_blocks(work: Callable[[Iterator[int]], None], count: int) -> None:
         future.result()  # re-raises a worker's exception here
 
 
-@contextmanager
-def one_thread():
-    """Run the block with one intra-op torch thread on this thread, then restore the count."""
-    before = torch.get_num_threads()
-    if before == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def _on_a_worker(fn: Callable[[], torch.Tensor | tuple]):
+    """``fn()`` on a pool worker (one torch thread), unless this thread is already single-threaded.
+
+    Switching the calling thread's count instead would cost a thread-team resize at each
+    switch and at the caller's next parallel op: on a loaded machine that took longer than
+    the op itself.
+    """
+    if torch.get_num_threads() == 1 or getattr(_worker, "active", False):
+        return fn()
+    return _workers(1).submit(fn).result()
 
 
 class _SingleThreaded(torch.autograd.Function):
@@ -132,8 +129,12 @@ class _SingleThreaded(torch.autograd.Function):
     @staticmethod
     def forward(ctx, fn, *inputs):
         leaves = [t.detach().requires_grad_(need) for t, need in zip(inputs, ctx.needs_input_grad[1:])]
-        with one_thread(), torch.enable_grad():
-            out = fn(*leaves)
+
+        def run():
+            with torch.enable_grad():  # grad mode is per thread; this forward builds a graph
+                return fn(*leaves)
+
+        out = _on_a_worker(run)
         ctx.graph = (out, [t for t in leaves if t.requires_grad])
         return out.detach()
 
@@ -142,19 +143,19 @@ class _SingleThreaded(torch.autograd.Function):
     def backward(ctx, grad_out):
         out, wanted = ctx.graph
         del ctx.graph  # the graph is used once
-        with one_thread():
-            grads = iter(torch.autograd.grad(out, wanted, grad_out, allow_unused=True))
+        grads = iter(_on_a_worker(lambda: torch.autograd.grad(out, wanted, grad_out, allow_unused=True)))
         return (None, *(next(grads) if need else None for need in ctx.needs_input_grad[1:]))
 
 
 def single_threaded(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
     """``fn(*inputs)`` (one output tensor, differentiable in its tensor inputs) computed on one
-    torch thread, forward and backward.
+    torch thread, forward and backward: on a single-threaded pool worker, or inline when the
+    caller runs one thread.
 
     For ops made of many small kernels (a loss over (B, L, L) Grams): each kernel is too
     small to pay for an OpenMP region, and on a busy machine every region waits for a
-    descheduled thread (relation_alignment_loss: 5× slower on 2 threads than on 1 under
-    load, bench/results/contention-cpu.md). Twice differentiating it is not supported.
+    descheduled thread (relation_alignment_loss: 6× slower on 2 threads than on 1 at load
+    average ~30, bench/results/contention-cpu.md). Twice differentiating it is not supported.
     """
     if torch.get_num_threads() == 1:
         return fn(*inputs)
