@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from bench.common import set_cpu_threads, write_results
 from bench.contention import COMPETITORS, condition, torch_threads
-from lgvq.config import load_config
+from lgvq.config import load_config, shipped_configs
 from lgvq.data import load_dataset
 from lgvq.guidance import LanguageGuidance
 from lgvq.guidance.semantic import MaskedTextPredictor
@@ -37,7 +36,6 @@ from lgvq.text import TextEncoder
 from lgvq.train import batches_from, build_run, dataset_args, make_optimizers, seed_everything, train_step
 
 CONFIGS = {"plain": "shapes-vqvae.yaml", "LG": "shapes-vqvae-lg.yaml"}
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 #: Parts of the LG step, by the method that computes them.
 PARTS = {
     "text encoder, unmasked captions": (TextEncoder, "encode"),
@@ -52,7 +50,7 @@ class Trainer:
     """A fresh run of one config, stepping through its own data stream."""
 
     def __init__(self, name: str):
-        config = load_config(CONFIG_DIR / CONFIGS[name], ["train.out_dir=/tmp/lgvq-bench-training"])
+        config = load_config(shipped_configs() / CONFIGS[name], ["train.out_dir=/tmp/lgvq-bench-training"])
         seed_everything(0)
         self.run = build_run(config)
         self.optimizers = make_optimizers(self.run)
