@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", "--seed", dest="seeds", type=int, nargs="+", default=[0], metavar="SEED",
                    help="one seed, or several for mean ± sd and paired differences (default: 0); "
                         "seed folders already complete with the same settings are reused")
-    p.add_argument("--tasks", action="store_true", help="also run the downstream tasks on both codebooks")
+    p.add_argument("--tasks", action="store_true",
+                   help="run every downstream task on both codebooks (default: VQA and captioning)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("train", help="train a model from a YAML config")
@@ -303,11 +304,10 @@ def cmd_task(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from lgvq.demo import run_demo
-    from lgvq.tasks import TaskBudget
+    from lgvq.demo import DEMO_TASKS, run_demo
 
-    budget = TaskBudget() if args.tasks else None
-    report = run_demo(Path(args.out), steps=args.steps, seeds=args.seeds, task_budget=budget, progress=not args.quiet)
+    report = run_demo(Path(args.out), steps=args.steps, seeds=args.seeds, tasks=None if args.tasks else DEMO_TASKS,
+                      progress=not args.quiet)
     print(f"report: {report}")
 
 

@@ -114,7 +114,7 @@ def comparison_table(per_seed: list[dict[str, dict[str, float]]], baseline: str,
         wins = "—" if row.wins is None else f"{row.wins}/{n}"
         lines.append(
             f"| {row.metric}{ARROWS[direction(row.metric)]} | {row.baseline.format(digits)} | "
-            f"{row.candidate.format(digits)} | {_signed(row.difference, digits)} | {wins} |"
+            f"{row.candidate.format(digits)} | {format_signed(row.difference, digits)} | {wins} |"
         )
     return "\n".join(lines)
 
@@ -140,7 +140,7 @@ def unanimous_summary(per_seed: list[dict[str, dict[str, float]]], baseline: str
     )
 
 
-def _signed(spread: Spread, digits: int) -> str:
+def format_signed(spread: Spread, digits: int) -> str:
     text = spread.format(digits)
     return text if text.startswith("-") else "+" + text
 

@@ -75,32 +75,88 @@ def save_usage_histogram(counts: dict[str, torch.Tensor], path: str | Path) -> P
     return _save(fig, path)
 
 
-def save_similarity_heatmaps(panels: dict[str, np.ndarray], labels: list[str], path: str | Path) -> Path:
-    """Side-by-side heatmaps of square similarity matrices over the same word labels."""
+def save_reconstruction_figure(rows: dict[str, torch.Tensor], captions: list[str], path: str | Path) -> Path:
+    """A grid with one labelled row per batch (originals, then each model's reconstructions) of
+    the same images, each column's caption beneath it; batches are (B, 3, H, W) in [-1, 1]."""
+    import textwrap
+
     plt = _figure()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4))
-    axes = np.atleast_1d(axes)
-    for ax, (title, matrix) in zip(axes, panels.items()):
-        im = ax.imshow(matrix, vmin=-1, vmax=1, cmap="coolwarm")
-        ax.set_title(title, fontsize=9)
-        ax.set_xticks(range(len(labels)), labels, rotation=60, fontsize=7)
-        ax.set_yticks(range(len(labels)), labels, fontsize=7)
-    fig.colorbar(im, ax=list(axes), shrink=0.8)
+    images = {label: to_uint8(batch) for label, batch in rows.items()}
+    count = len(captions)
+    fig, axes = plt.subplots(len(rows), count, figsize=(1.55 * count + 1.2, 1.55 * len(rows) + 0.9), squeeze=False)
+    for i, (label, batch) in enumerate(images.items()):
+        for j in range(count):
+            ax = axes[i, j]
+            ax.imshow(batch[j], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
+    for j, caption in enumerate(captions):
+        axes[-1, j].set_xlabel(textwrap.fill(caption, 22), fontsize=6)
+    fig.tight_layout()
     return _save(fig, path, bbox_inches="tight")
 
 
-def save_training_curves(logs: dict[str, list[dict]], path: str | Path) -> Path:
-    """Reconstruction loss and batch perplexity against step, one line per run (from metrics.jsonl)."""
+def similarity_scale(panels: dict[str, np.ndarray]) -> tuple[float, float]:
+    """(low, high) of one colour scale for every panel: the range of the off-diagonal entries
+    (the diagonal is always 1), widened to at least 0.1 so that noise is not magnified."""
+    values = np.concatenate([m[~np.eye(len(m), dtype=bool)] for m in panels.values()]) if panels else np.zeros(0)
+    if values.size == 0:
+        return -1.0, 1.0
+    low, high = float(values.min()), float(values.max())
+    if high - low < 0.1:
+        middle = (high + low) / 2
+        low, high = middle - 0.05, middle + 0.05
+    return low, high
+
+
+def save_similarity_heatmaps(panels: dict[str, np.ndarray], labels: list[str], path: str | Path) -> Path:
+    """Side-by-side heatmaps of square similarity matrices over the same word labels, on one
+    colour scale fitted to the off-diagonal entries; the diagonal is left blank."""
     plt = _figure()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    size = max(3.2, 0.32 * len(labels) + 1.2)  # room for every label at a readable size
+    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels) + 1.0, size + 0.6))
+    axes = np.atleast_1d(axes)
+    low, high = similarity_scale(panels)
+    for ax, (title, matrix) in zip(axes, panels.items()):
+        shown = np.ma.masked_where(np.eye(len(matrix), dtype=bool), matrix)
+        im = ax.imshow(shown, vmin=low, vmax=high, cmap="viridis")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    fig.colorbar(im, ax=list(axes), shrink=0.8, label="cosine similarity")
+    fig.suptitle("Each cell: similarity of two words (left) or of the codes they match (others); "
+                 "closer to the left pattern = better aligned", fontsize=8)
+    return _save(fig, path, bbox_inches="tight")
+
+
+#: Guidance losses logged by an LG run, plotted when present.
+GUIDANCE_LOSSES = ("gsa", "mtp", "ras")
+
+
+def save_training_curves(logs: dict[str, list[dict]], heldout: dict[str, list[dict]], path: str | Path) -> Path:
+    """Per run: reconstruction loss and batch perplexity (metrics.jsonl), held-out PSNR
+    (``heldout``: [{"step", "psnr"}]) and, for runs that log them, the three guidance losses."""
+    plt = _figure()
+    fig, axes = plt.subplots(2, 2, figsize=(9, 6))
+    (rec, held), (ppl, guide) = axes
     for label, log in logs.items():
         steps = [e["step"] for e in log]
-        axes[0].plot(steps, [e["nll_loss"] for e in log], label=label)
-        axes[1].plot(steps, [e["perplexity"] for e in log], label=label)
-    axes[0].set_title("reconstruction loss (train)")
-    axes[1].set_title("code perplexity per batch (train)")
-    for ax in axes:
+        rec.plot(steps, [e["nll_loss"] for e in log], label=label)
+        ppl.plot(steps, [e["perplexity"] for e in log], label=label)
+        for name in GUIDANCE_LOSSES:
+            if all(name in e for e in log) and log:
+                guide.plot(steps, [e[name] for e in log], label=f"{label}: {name}")
+    for label, points in heldout.items():
+        held.plot([p["step"] for p in points], [p["psnr"] for p in points], marker="o", label=label)
+    rec.set_title("reconstruction loss (train batches)")
+    held.set_title("PSNR on held-out images (dB)")
+    ppl.set_title("code perplexity per batch (train)")
+    guide.set_title("guidance losses (train): gsa, mtp, ras")
+    for ax in axes.flat:
         ax.set_xlabel("step")
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)

@@ -18,13 +18,14 @@ import torch.nn.functional as F
 
 from lgvq.checks import check_choice, check_finite_if_strict, check_same_device, check_tensor
 from lgvq.ops.backend import resolve_backend
+from lgvq.ops.cpu import run_blocks
 
 METRICS = ("l2", "cos")
 #: Largest block of distances the torch path materialises at once (the default off the CPU).
 DEFAULT_BLOCK_BYTES = 64 * 2**20
 #: On the CPU the torch path works in cache-sized tiles of at most ``CPU_CODE_BLOCK`` codes and
-#: ``CPU_TILE_BYTES`` of distances per torch thread, all written into one reused buffer: a tile
-#: is still in cache when its row minimum is taken, and no fresh (page-faulting) block is
+#: ``CPU_TILE_BYTES`` of distances, each worker thread writing into its one reused buffer: a
+#: tile is still in cache when its row minimum is taken, and no fresh (page-faulting) block is
 #: allocated per step.
 CPU_TILE_BYTES = 4 * 2**20
 CPU_CODE_BLOCK = 4096
@@ -106,50 +107,69 @@ def search_torch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference search over x (N, d): (min score, argmin) with score = offset - 2 x·e.
 
-    Works tile by tile (rows × codes) in one reused buffer, never holding more than
-    ``block_bytes`` of scores (default: ``CPU_TILE_BYTES`` per torch thread on the CPU,
-    ``DEFAULT_BLOCK_BYTES`` elsewhere, where a tile spans the whole codebook). Each tile's row
-    minimum goes into a small (code tiles, rows) buffer whose minimum over tiles is taken once
-    per row block; ties go to the lowest index (first tile, then first code in it).
+    Works tile by tile (rows × codes), never holding more than ``block_bytes`` of scores per
+    tile (default: ``CPU_TILE_BYTES`` on the CPU, ``DEFAULT_BLOCK_BYTES`` elsewhere, where a
+    tile spans the whole codebook). On the CPU each block of rows is one unit of
+    ``lgvq.ops.cpu.run_blocks``: single-threaded workers pull row blocks, so a busy machine
+    slows the search down no more than it takes cores away. Ties go to the lowest index
+    (first code tile, then first code in it).
     """
     dtype = _accumulate_dtype(x, codebook)
     on_cpu = x.device.type == "cpu"
     if block_bytes is None:
-        block_bytes = CPU_TILE_BYTES * torch.get_num_threads() if on_cpu else DEFAULT_BLOCK_BYTES
+        block_bytes = CPU_TILE_BYTES if on_cpu else DEFAULT_BLOCK_BYTES
     n, k = x.shape[0], codebook.shape[0]
-    itemsize = torch.finfo(dtype).bits // 8
-    max_scores = max(1, block_bytes // itemsize)
+    max_scores = max(1, block_bytes // (torch.finfo(dtype).bits // 8))
     codes_per_tile = min(k, max_scores, CPU_CODE_BLOCK if on_cpu else k)
-    rows_per_tile = max(1, max_scores // codes_per_tile)
-    code_starts = range(0, k, codes_per_tile)
-    chunk = CPU_ARGMIN_CHUNK if on_cpu else 1
+    rows_per_tile = min(n, max(1, max_scores // codes_per_tile))
     with torch.no_grad():
-        codes_t = codebook.to(dtype).t()
-        offsets = offsets.to(dtype)
-        scores = torch.empty(n, device=x.device, dtype=dtype)
-        indices = torch.empty(n, device=x.device, dtype=torch.int64)
-        tile_buf = torch.empty(min(n, rows_per_tile) * codes_per_tile, device=x.device, dtype=dtype)
-        if len(code_starts) > 1:
-            part_scores = torch.empty(len(code_starts), min(n, rows_per_tile), device=x.device, dtype=dtype)
-            part_idx = torch.empty(len(code_starts), min(n, rows_per_tile), device=x.device, dtype=torch.int64)
-            tile_base = torch.arange(0, k, codes_per_tile, device=x.device).unsqueeze(1)
-        for r0 in range(0, n, rows_per_tile):
-            rows = min(rows_per_tile, n - r0)
-            xb = x[r0 : r0 + rows].to(dtype)
+        blocks = _RowBlocks(x.to(dtype), codebook.to(dtype).t(), offsets.to(dtype), rows_per_tile,
+                            codes_per_tile, CPU_ARGMIN_CHUNK if on_cpu else 1)
+        if on_cpu:
+            run_blocks(blocks.search, blocks.count)
+        else:
+            blocks.search(iter(range(blocks.count)))
+    return blocks.scores, blocks.indices
+
+
+class _RowBlocks:
+    """The search cut into blocks of ``rows`` rows; ``search`` fills the blocks it is given."""
+
+    def __init__(self, x, codes_t, offsets, rows: int, codes_per_tile: int, chunk: int):
+        self.x, self.codes_t, self.offsets = x, codes_t, offsets
+        self.rows, self.codes_per_tile, self.chunk = rows, codes_per_tile, chunk
+        n = x.shape[0]
+        self.count = -(-n // rows)
+        self.scores = torch.empty(n, device=x.device, dtype=x.dtype)
+        self.indices = torch.empty(n, device=x.device, dtype=torch.int64)
+
+    def search(self, blocks) -> None:
+        """Each block: one tile per run of codes into one reused buffer, each tile's row minimum
+        into a small (code tiles, rows) buffer, then the minimum over tiles."""
+        x, codes_t, offsets, step = self.x, self.codes_t, self.offsets, self.codes_per_tile
+        k = codes_t.shape[1]
+        code_starts = range(0, k, step)
+        tile_buf = torch.empty(self.rows * step, device=x.device, dtype=x.dtype)
+        part_scores = torch.empty(len(code_starts), self.rows, device=x.device, dtype=x.dtype)
+        part_idx = torch.empty(len(code_starts), self.rows, device=x.device, dtype=torch.int64)
+        tile_base = torch.arange(0, k, step, device=x.device).unsqueeze(1)
+        for block in blocks:
+            r0 = block * self.rows
+            rows = min(self.rows, x.shape[0] - r0)
+            xb, scores, indices = x[r0 : r0 + rows], self.scores[r0 : r0 + rows], self.indices[r0 : r0 + rows]
             if len(code_starts) == 1:
                 tile = tile_buf[: rows * k].view(rows, k)
                 torch.addmm(offsets, xb, codes_t, alpha=-2.0, out=tile)
-                _row_min(tile, scores[r0 : r0 + rows], indices[r0 : r0 + rows], chunk)
+                _row_min(tile, scores, indices, self.chunk)
                 continue
             for j, c0 in enumerate(code_starts):
-                codes = min(codes_per_tile, k - c0)
+                codes = min(step, k - c0)
                 tile = tile_buf[: rows * codes].view(rows, codes)
                 torch.addmm(offsets[c0 : c0 + codes], xb, codes_t[:, c0 : c0 + codes], alpha=-2.0, out=tile)
-                _row_min(tile, part_scores[j, :rows], part_idx[j, :rows], chunk)
+                _row_min(tile, part_scores[j, :rows], part_idx[j, :rows], self.chunk)
             best = part_scores[:, :rows].argmin(dim=0, keepdim=True)  # first minimum: lowest tile
-            scores[r0 : r0 + rows] = part_scores[:, :rows].gather(0, best)[0]
-            indices[r0 : r0 + rows] = (part_idx[:, :rows] + tile_base).gather(0, best)[0]
-    return scores, indices
+            scores.copy_(part_scores[:, :rows].gather(0, best)[0])
+            indices.copy_((part_idx[:, :rows] + tile_base).gather(0, best)[0])
 
 
 @torch.library.custom_op("lgvq::search_torch", mutates_args=())

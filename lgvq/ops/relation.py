@@ -13,7 +13,8 @@ through its sign because Ĝ is normalised after the scaling. Every norm is clamp
 ``F.normalize`` (x / max(|x|, EPS)), so zero rows — padded words, v = 0 — give zero
 vectors instead of NaN.
 
-The torch reference below is the oracle and the CPU path; the Triton path
+The torch reference below is the oracle and the CPU path (run on one thread: its kernels are
+too small for OpenMP regions to pay, see ``lgvq.ops.cpu``); the Triton path
 (``lgvq.kernels.relation``) never materialises the (B, L, M) similarities or the gathered
 (B, L, Dt) codes. It is two registered ops (``lgvq::relation_triton`` and its backward,
 joined by ``register_autograd``) with fake implementations, so it compiles without a graph
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 
 from lgvq.checks import FLOAT_DTYPES, check_finite_if_strict, check_same_device, check_tensor, is_strict
 from lgvq.ops.backend import resolve_backend
+from lgvq.ops.cpu import single_threaded
 
 #: Norm clamp of every normalisation, F.normalize's default.
 EPS = 1e-12
@@ -172,6 +174,8 @@ def relation_alignment_loss(
                 raise limitation
             chosen = "torch"
     if chosen == "torch":
+        if codes.device.type == "cpu":  # small kernels: one thread (lgvq.ops.cpu)
+            return single_threaded(relation_alignment_reference, words, word_mask, tokens, codes)
         return relation_alignment_reference(words, word_mask, tokens, codes)
     mask = word_mask.to(torch.float32).contiguous()
     # words and tokens are detached so that, as on the torch path, they never require grad here.

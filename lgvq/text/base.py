@@ -25,6 +25,8 @@ from lgvq.text.cache import CaptionFeatureCache
 DEFAULT_MAX_LENGTH = 30  # the LG-VQ release truncates CLIP captions to 30 tokens
 MIN_MAX_LENGTH = 3  # start + end token + at least one word
 DEFAULT_CACHE_SIZE = 4096
+#: On the CPU a batch is encoded in this many runs of similar caption length (``_length_groups``).
+LENGTH_GROUPS = 4
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,13 @@ class TextEncoder(nn.Module, abc.ABC):
     With ``cache=True`` the features of each caption are kept on CPU in an LRU map keyed by
     the caption string (at most ``cache_size`` captions, about L * Dt * 4 bytes each), which
     pays off when a dataset's captions are encoded every epoch.
+
+    On the CPU the model reads captions of similar length together, each group only up to its
+    longest caption (``trim_padding``, on by default; see ``_length_groups``); the features
+    are padded back to ``max_length``.
     """
+
+    trim_padding = True
 
     def __init__(
         self,
@@ -331,9 +339,38 @@ class TextEncoder(nn.Module, abc.ABC):
 
     def _encode_batch(self, tokens: TokenizedText) -> EncodedText:
         tokens = tokens.to(self.device)
-        hidden, sentence = self._run_model(tokens.ids, tokens.attention_mask.long())
+        ids, attention = tokens.ids, tokens.attention_mask.long()
+        words = sentence = None
+        for rows, length in self._length_groups(attention):
+            hidden, pooled = self._run_model(ids[rows, :length], attention[rows, :length])
+            if words is None:
+                words = hidden.new_zeros(*ids.shape, hidden.shape[-1], dtype=torch.float32)
+                sentence = pooled.new_empty(ids.shape[0], pooled.shape[-1], dtype=torch.float32)
+            words[rows, :length] = hidden.float()
+            sentence[rows] = pooled.float()
         real = tokens.attention_mask.unsqueeze(-1).to(torch.float32)
-        return EncodedText(words=hidden.float() * real, sentence=sentence.float(), tokens=tokens)
+        return EncodedText(words=words * real, sentence=sentence, tokens=tokens)
+
+    def _length_groups(self, attention: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
+        """(rows, length) runs of the model: the rows of a batch and how many leading positions
+        it must read.
+
+        Padding is masked out of every attention, so the features of real tokens do not
+        depend on how much padding follows them (to float rounding). With ``trim_padding``
+        on the CPU the rows are sorted by caption length and cut into ``LENGTH_GROUPS``
+        groups, each read up to its own longest caption: captions of 6 to 30 tokens (the
+        shapes data) then cost 58 % of their padded length instead of 100 %. On an
+        accelerator the lengths would need a host sync and padding costs little, so the
+        whole batch runs at ``max_length``.
+        """
+        batch, width = attention.shape
+        if not self.trim_padding or attention.device.type != "cpu":
+            return [(torch.arange(batch, device=attention.device), width)]
+        # the last real position + 1, so a mask with holes is still read in full
+        positions = torch.arange(1, width + 1, device=attention.device)
+        lengths = (attention.ne(0) * positions).amax(dim=1)
+        order = lengths.argsort(stable=True)
+        return [(rows, int(lengths[rows[-1]])) for rows in order.chunk(min(LENGTH_GROUPS, batch))]
 
     def _encode_cached(self, tokens: TokenizedText) -> EncodedText:
         """Encode only the captions not in the cache (each once), then assemble the batch."""

@@ -70,3 +70,15 @@ def test_benchmark_vector_quantize_torch_cpu_fwd_bwd(benchmark):
 
     benchmark.pedantic(step, rounds=5, warmup_rounds=1)
     assert z.grad is not None and codebook.grad is not None
+
+
+
+def test_contention_bench_runs_every_op_under_each_condition():
+    from bench.contention import main, table
+
+    rows = main(["--quick", "--conditions", "idle", "busy process", "--no-save"])
+    assert [(r["condition"], r["op"].split()[0]) for r in rows] == [
+        (c, op) for c in ("idle", "busy process") for op in ("nearest_code", "vector_quantize", "relation_alignment_loss")
+    ]
+    text = table(rows, 2)
+    assert "| nearest_code | busy process |" in text and "lgvq vs its 1 thread" in text

@@ -280,3 +280,31 @@ def test_static_shape_mtp_loss_equals_the_masked_rows_loss(text_encoder):
     nothing = torch.zeros_like(mask)
     none_masked = guidance.mtp.masked_loss(words, nothing, padding, visual, text_encoder.word_embeddings, text.tokens.ids)
     assert none_masked.item() == 0.0
+
+
+def test_losses_equal_with_and_without_the_cpu_text_optimisations():
+    """Caching the unmasked captions' features and trimming the encoder's padding change
+    nothing but float rounding: every loss and every gradient stays the same."""
+
+    def losses_and_grads(cache: bool, trim: bool):
+        encoder = load_text_encoder(cache=cache)
+        encoder.trim_padding = trim
+        torch.manual_seed(0)
+        guidance = LanguageGuidance(8, 4, encoder, weights=(1.0, 1.0, 1.0))
+        z_q = torch.randn(len(CAPTIONS), 8, 4, 4, requires_grad=True)
+        results = []
+        for _ in range(2):  # the second pass is served from the cache when it is on
+            out = guidance(z_q, list(CAPTIONS), generator=torch.Generator().manual_seed(1))
+            grads = torch.autograd.grad(out.loss, [z_q, *guidance.parameters()], allow_unused=True)
+            results.append(([out.gsa, out.mtp, out.ras, out.loss], grads))
+        return results
+
+    reference = losses_and_grads(cache=False, trim=False)
+    for cache, trim in [(True, False), (False, True), (True, True)]:
+        for (losses, grads), (ref_losses, ref_grads) in zip(losses_and_grads(cache, trim), reference):
+            torch.testing.assert_close(torch.stack(losses), torch.stack(ref_losses), rtol=1e-5, atol=1e-6)
+            for grad, ref in zip(grads, ref_grads):
+                if ref is None:
+                    assert grad is None
+                else:
+                    torch.testing.assert_close(grad, ref, rtol=1e-4, atol=1e-6)

@@ -505,3 +505,45 @@ def test_checkpoint_missing_text_weights_is_refused(tiny_clip_dirs, tmp_path):
     CLIPTokenizer.from_pretrained(str(source)).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="lacks .*text_projection"):
         load_text_encoder(tmp_path)
+
+
+LENGTHS_CAPTIONS = [  # 3 to 14 words, in no order, so that the length groups reorder rows
+    "a dog", "a small yellow bird with black wings sits on a branch above the red mat",
+    "two birds", "a cat sleeps", "a red mat", "a very small yellow bird with black wings",
+    "one dog and one cat", "the mat",
+]
+
+
+@pytest.fixture(params=["minilm", "tiny_clip"])
+def any_encoder(request):
+    return request.getfixturevalue(request.param)
+
+
+def untrimmed(encoder, call):
+    encoder.trim_padding = False
+    try:
+        return call()
+    finally:
+        del encoder.trim_padding  # back to the class default
+
+
+def test_trimmed_padding_keeps_every_feature(any_encoder):
+    """Length groups read fewer positions but give the padded run's features, rows in order."""
+    lengths, handle = [], any_encoder.model.get_input_embeddings().register_forward_hook(
+        lambda module, inputs, output: lengths.append(inputs[0].shape[1]))
+    try:
+        tokens = any_encoder.tokenize(LENGTHS_CAPTIONS)
+        trimmed = any_encoder.encode(tokens)
+    finally:
+        handle.remove()
+    assert min(lengths) < max(lengths) <= L  # it read less, in groups of different lengths
+    padded = untrimmed(any_encoder, lambda: any_encoder.encode(tokens))
+    torch.testing.assert_close(trimmed.words, padded.words, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(trimmed.sentence, padded.sentence, atol=1e-5, rtol=1e-5)
+    assert (trimmed.words[tokens.attention_mask == 0] == 0).all()
+
+    mask = torch.zeros_like(tokens.special_mask)
+    mask[:, 1] = True  # the first word of every caption
+    masked = any_encoder.encode_masked(tokens, mask)
+    masked_padded = untrimmed(any_encoder, lambda: any_encoder.encode_masked(tokens, mask))
+    torch.testing.assert_close(masked.words, masked_padded.words, atol=1e-5, rtol=1e-5)

@@ -5,46 +5,86 @@ import json
 import shutil
 
 import pytest
+import torch
 
 import lgvq.demo as demo
 from lgvq.demo import CONFIGS, run_demo
 from lgvq.tasks import TaskBudget
 
 PICTURES = ["reconstructions.png", "codebook_usage.png", "word_code_similarity.png", "training_curves.png"]
-TINY = dict(steps=2, probe_steps=2, eval_size=16, progress=False)
+TINY = dict(steps=2, probe_steps=2, eval_size=16, progress=False, parallel=False)
 TINY_TASKS = TaskBudget(steps=3, batch_size=4, width=32, depth=1, heads=2, train_items=8, eval_items=4,
                         questions_per_image=1, classifier_steps=2, classifier_batch_size=4, beam_size=2,
                         meteor=False)
 
 
-def test_demo_writes_a_complete_report(tmp_path):
-    readme = run_demo(tmp_path, **TINY)
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """The default demo (VQA and captioning), shortened, with both models in parallel processes."""
+    out = tmp_path_factory.mktemp("single")
+    return out, run_demo(out, task_budget=TINY_TASKS, **{**TINY, "parallel": True})
+
+
+def test_demo_report_opens_with_the_verdict_and_has_the_task_rows(single):
+    out, readme = single
     text = readme.read_text()
+    title, blank, verdict = text.splitlines()[:3]
+    assert title.startswith("# lgvq demo") and verdict == "## Verdict"
+    assert "LG-VQ is ahead of plain VQ in this seed on" in text and "One seed cannot separate" in text
+    for score in ("VQA accuracy", "captioning CIDEr", "held-out PSNR (dB)"):
+        assert f"- **{score}**" in text
+    assert "| vqa | accuracy |" in text and "| captioning | cider |" in text
+    assert "| text-to-image |" not in text  # the default demo runs VQA and captioning only
     assert "Command: `lgvq demo --steps 2` ·" in text
+    assert "train s (other processes used" in text  # the timing column states the load it ran under
     for label in CONFIGS:
         assert f"| {label} |" in text
     for picture in PICTURES:
-        assert (tmp_path / picture).stat().st_size > 1000, picture
+        assert (out / picture).stat().st_size > 1000, picture
         assert f"({picture})" in text
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["seed"] == 0 and metrics["tasks"] is None
-    assert set(metrics["models"]) == set(CONFIGS)
-    for values in metrics["models"].values():
-        assert 0 < values["usage_percent"] <= 100 and values["psnr"] > 0
-        assert 0 <= values["recall@1_1word"] <= 100 and values["word_code_mse"] >= 0
+
+
+def test_demo_metrics_are_consistent(single):
+    out, readme = single
+    text = readme.read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["seed"] == 0 and set(metrics["tasks"]) == set(CONFIGS)
+    assert all(set(tasks) == {"vqa", "captioning"} for tasks in metrics["tasks"].values())
+    assert metrics["device"].startswith("CPU (2 processes")
+    configs = metrics["settings"]["configs"]
+    plain, guided = (configs[label] for label in CONFIGS)
+    assert {k: v for k, v in plain.items() if k != "guidance"} == {k: v for k, v in guided.items() if k != "guidance"}
+    assert not plain["guidance"]["enabled"] and guided["guidance"]["enabled"]  # they differ only by guidance
+    for label, values in metrics["models"].items():
+        assert f"| {label} | {values['psnr']:.2f} | {values['ssim']:.4f} |" in text
+        used = values["usage_percent"] * 256 / 100  # a whole number of the K = 256 codes
+        assert abs(used - round(used)) < 1e-6 and 1 <= round(used) <= 256
+        hits = values["recall@1_1word"] * 16 / 100  # one masked word in each of 16 captions
+        assert abs(hits - round(hits)) < 1e-6
+        curve = metrics["heldout"][label]
+        assert [p["step"] for p in curve] == [1, 2]
+        # with 16 held-out images the curve's last point is the final evaluation itself
+        assert curve[-1]["psnr"] == pytest.approx(values["psnr"], abs=1e-4)
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
+    """Two seeds in turn in this process, on one thread like each parallel process."""
     out = tmp_path_factory.mktemp("sweep")
-    return out, run_demo(out, seeds=(0, 1), task_budget=TINY_TASKS, **TINY)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return out, run_demo(out, seeds=(0, 1), task_budget=TINY_TASKS, **TINY)
+    finally:
+        torch.set_num_threads(threads)
 
 
-def test_several_seeds_report_spread_paired_difference_and_tasks(sweep):
+def test_several_seeds_report_spread_paired_difference_and_tasks(sweep, single):
     out, readme = sweep
     text = readme.read_text()
     plain, guided = CONFIGS
-    assert "Command: `lgvq demo --steps 2 --seeds 0 1 --tasks` ·" in text
+    assert text.splitlines()[2] == "## Verdict" and "LG-VQ better in" in text
+    assert "Command: `lgvq demo --steps 2 --seeds 0 1` ·" in text
     assert f"| metric | {plain} | {guided} | {guided} − {plain} | {guided} better |" in text
     assert "| psnr ↑ |" in text and "| vqa / accuracy ↑ |" in text and "| captioning / cider ↑ |" in text
     seeds = [json.loads((out / f"seed-{s}" / "metrics.json").read_text()) for s in (0, 1)]
@@ -56,6 +96,13 @@ def test_several_seeds_report_spread_paired_difference_and_tasks(sweep):
         assert set(s["tasks"]) == set(CONFIGS) and "accuracy" in s["tasks"][guided]["vqa"]
     for picture in PICTURES:
         assert f"(seed-0/{picture})" in text and (out / "seed-0" / picture).is_file()
+    # seed 0 in turn in this process gives what the parallel processes gave
+    parallel = json.loads((single[0] / "metrics.json").read_text())
+    for label in CONFIGS:
+        for key in ("psnr", "usage_percent", "word_code_mse"):
+            assert seeds[0]["models"][label][key] == pytest.approx(parallel["models"][label][key], rel=1e-4)
+        for task, key in (("vqa", "accuracy"), ("captioning", "cider")):
+            assert seeds[0]["tasks"][label][task][key] == pytest.approx(parallel["tasks"][label][task][key], rel=1e-4)
 
 
 def test_completed_seeds_are_reused_and_changed_settings_rerun(sweep, monkeypatch):
