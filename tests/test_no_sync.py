@@ -35,8 +35,13 @@ SYNC_METHODS = ("item", "__bool__", "__float__", "__int__", "__index__", "cpu", 
 
 #: Code whose tensors live on the host even when training on a GPU, so their reads are no
 #: device sync: torch's non-capturable optimizers keep their step counter on the CPU, and the
-#: tokenizer's output is checked before it is copied to the device. (file part, function)
-HOST_SIDE = ((f"torch{Path('/optim/')}", None), (str(Path("lgvq/text/base.py")), "tokenize"))
+#: tokenizer's output is checked before it is copied to the device, and the text encoder reads
+#: caption lengths only for tensors on the CPU (``_length_groups``). (file part, function)
+HOST_SIDE = (
+    (f"torch{Path('/optim/')}", None),
+    (str(Path("lgvq/text/base.py")), "tokenize"),
+    (str(Path("lgvq/text/base.py")), "_length_groups"),
+)
 
 LGVQ_ROOT = str(Path(lgvq.__file__).parent)
 CAPTIONS = ["a red circle left of a blue square", "a green triangle", "a yellow star above a circle", "an orange square"]

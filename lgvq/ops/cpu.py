@@ -156,7 +156,9 @@ def single_threaded(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> t
     small to pay for an OpenMP region, and on a busy machine every region waits for a
     descheduled thread (relation_alignment_loss: 6× slower on 2 threads than on 1 at load
     average ~30, bench/results/contention-cpu.md). Twice differentiating it is not supported.
+    Under ``torch.compile`` it is traced inline: the compiled graph, not a thread pool, then
+    decides how the kernels run.
     """
-    if torch.get_num_threads() == 1:
+    if torch.compiler.is_compiling() or torch.get_num_threads() == 1:
         return fn(*inputs)
     return _SingleThreaded.apply(fn, *inputs)

@@ -238,7 +238,8 @@ class ClusteredVectorQuantizer(VectorQuantizer):
 
     def _refresh_host_state(self) -> None:
         super()._refresh_host_state()
-        self._anchored = bool(self.step > 0)
+        # only first_batch_only reads it, and it keeps the step counter (track_usage)
+        self._anchored = self.first_batch_only and bool(self.step > 0)
 
     def _anchors(self, features: torch.Tensor) -> torch.Tensor:
         """One batch feature per code, chosen by ``self.anchor``: (K, d)."""

@@ -361,10 +361,11 @@ class TextEncoder(nn.Module, abc.ABC):
         groups, each read up to its own longest caption: captions of 6 to 30 tokens (the
         shapes data) then cost 58 % of their padded length instead of 100 %. On an
         accelerator the lengths would need a host sync and padding costs little, so the
-        whole batch runs at ``max_length``.
+        whole batch runs at ``max_length``. Under ``torch.compile`` the lengths would be
+        data-dependent shapes (a graph break), so a compiled step also runs at ``max_length``.
         """
         batch, width = attention.shape
-        if not self.trim_padding or attention.device.type != "cpu":
+        if not self.trim_padding or attention.device.type != "cpu" or torch.compiler.is_compiling():
             return [(torch.arange(batch, device=attention.device), width)]
         # the last real position + 1, so a mask with holes is still read in full
         positions = torch.arange(1, width + 1, device=attention.device)

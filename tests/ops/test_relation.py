@@ -114,7 +114,7 @@ def test_auto_on_cpu_runs_the_reference(monkeypatch):
         raise AssertionError("backend='auto' launched the Triton kernels on CPU tensors")
 
     monkeypatch.setattr(relation_module, "relation_alignment_reference", spy)
-    monkeypatch.setattr(relation_module.RelationAlignment, "apply", no_kernel)
+    monkeypatch.setattr(relation_module, "relation_triton", no_kernel)
     words, mask, tokens, codes = make_inputs(2, 5, 6, 8)
     loss = relation_alignment_loss(words, mask, tokens, codes)
     assert len(calls) == 1 and torch.equal(loss, relation_alignment_reference(words, mask, tokens, codes))

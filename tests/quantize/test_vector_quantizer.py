@@ -204,7 +204,8 @@ def test_loaded_initialised_state_skips_kmeans():
     resumed.load_state_dict(trained.state_dict())
     resumed.train().quantize(data + 100.0)  # k-means here would move every code near +100
     assert torch.equal(resumed.embedding.weight, trained.embedding.weight)
-    fresh = VectorQuantizer(4, 2)  # initialised at construction, but loads a pending state
-    fresh.load_state_dict(VectorQuantizer(4, 2, kmeans_init=True).state_dict())
-    fresh.train().quantize(data + 100.0)
-    assert bool(fresh.initialized) and (fresh.embedding.weight > 90).all()
+    pending = VectorQuantizer(4, 2, kmeans_init=True)
+    pending.train().quantize(data)  # initialised here, then loads a state still waiting for k-means
+    pending.load_state_dict(VectorQuantizer(4, 2, kmeans_init=True).state_dict())
+    pending.quantize(data + 100.0)
+    assert bool(pending.initialized) and (pending.embedding.weight > 90).all()
