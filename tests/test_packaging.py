@@ -183,7 +183,7 @@ def core_venv(shared_tmp, dists, torch_site) -> Path:
 def full_venv(shared_tmp, dists, torch_site) -> Path:
     with FileLock(str(shared_tmp / "full-venv.lock")):
         if not (shared_tmp / "full-venv" / "bin" / "lgvq").exists():
-            _venv(shared_tmp / "full-venv", torch_site, f"{dists['wheel']}[text,train]")
+            _venv(shared_tmp / "full-venv", torch_site, f"{dists['wheel']}[text,train,tasks]")
     return shared_tmp / "full-venv" / "bin"
 
 
