@@ -40,7 +40,7 @@ CONFIGS = {"plain": "shapes-vqvae.yaml", "LG": "shapes-vqvae-lg.yaml"}
 PARTS = {
     "text encoder, unmasked captions": (TextEncoder, "encode"),
     "text encoder, masked re-encoding": (TextEncoder, "encode_masked"),
-    "masked text prediction (decoder + vocabulary head)": (MaskedTextPredictor, "logits"),
+    "masked text prediction (decoder + vocabulary head)": (MaskedTextPredictor, "masked_loss"),
     "Lras": (LanguageGuidance, "_relation_loss"),
 }
 WARMUP_STEPS = 3

@@ -2,7 +2,8 @@
 
 Both models share everything (architecture, data order, seed, step budget); the LG model
 adds LanguageGuidance. They train at the same time as two processes (the cores split
-between them, ``lgvq.threads``). Both are then evaluated on held-out images, an alignment
+between them, ``lgvq.threads``), which then take each model's later jobs as it is trained
+(``_train_models``). Both are evaluated on held-out images, an alignment
 probe (a fresh guidance head trained on each *frozen* codebook with the same budget and
 seed) measures how well language aligns with each codebook, so the model trained without
 language is measured the same way, and the two tasks that read codes to understand an
@@ -25,7 +26,7 @@ import json
 import multiprocessing
 import platform
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +49,7 @@ from lgvq.visualize import (
 )
 
 #: The demo's budget, sized for at most 10 minutes on 2 CPU cores (README: "Demo budget").
-DEFAULT_STEPS = 400
+DEFAULT_STEPS = 700
 PROBE_STEPS = 80
 EVAL_SIZE = 256
 #: Held-out PSNR is measured this many times during training (the training curves) ...
@@ -77,7 +78,7 @@ MULTI_SEED_RESULTS = "results/"
 
 @dataclass
 class ModelReport:
-    """What one model's process sends back: its scores and everything the pictures need."""
+    """Everything the report needs of one model: its training, assessment and tasks."""
 
     label: str
     out_dir: str
@@ -116,16 +117,48 @@ def _train_with_heldout_curve(config: ExperimentConfig, val, progress: bool):
     return run, curve
 
 
-def model_job(label: str, out_dir: Path, settings: dict, seed: int, task_budget, tasks, threads: int | None,
-              progress: bool) -> ModelReport:
-    """Train one demo model, evaluate it, probe its codebook and run the tasks on it."""
+@dataclass
+class Trained:
+    """What a training job sends back."""
+
+    seconds: float  # training only
+    heldout: list[dict]  # [{"step", "psnr"}] during training
+
+
+@dataclass
+class Assessment:
+    """What an assessment job sends back: the scores and everything the pictures need."""
+
+    result: EvalResult
+    own_head: EvalResult | None
+    reconstructions: torch.Tensor
+    similarities: dict[str, object]
+
+
+def _job_threads(threads: int | None) -> None:
     if threads is not None:
         torch.set_num_threads(threads)
+
+
+def _heldout_set(config: ExperimentConfig):
+    return load_dataset(**dataset_args(config, config.data.eval_split, config.data.eval_size))
+
+
+def train_job(label: str, out_dir: Path, settings: dict, seed: int, threads: int | None, progress: bool) -> Trained:
+    """Train one demo model into ``out_dir`` (its held-out curve measured on the way)."""
+    _job_threads(threads)
     config = demo_config(label, out_dir, settings["steps"], seed, settings["eval_size"])
-    val = load_dataset(**dataset_args(config, config.data.eval_split, config.data.eval_size))
     start = time.perf_counter()
-    run, curve = _train_with_heldout_curve(config, val, progress)
-    seconds = time.perf_counter() - start
+    _, curve = _train_with_heldout_curve(config, _heldout_set(config), progress)
+    return Trained(time.perf_counter() - start, curve)
+
+
+def assess_job(label: str, out_dir: Path, settings: dict, seed: int, threads: int | None,
+               progress: bool) -> Assessment:
+    """Evaluate a trained demo model, probe its frozen codebook and render its pictures' data."""
+    _job_threads(threads)
+    run = load_run(out_dir)
+    val = _heldout_set(run.config)
     encoder = run.guidance.text_encoder if run.guidance is not None else _text_encoder()
     probe = fit_alignment_probe(run.model, val, encoder, steps=settings["probe_steps"], seed=seed,
                                 device=run.device, progress=progress)
@@ -133,18 +166,21 @@ def model_job(label: str, out_dir: Path, settings: dict, seed: int, task_budget,
     own = None
     if run.guidance is not None:
         own = evaluate(run.model, val, run.guidance, seed=seed, device=run.device, progress=progress)
-    results = None
-    if task_budget is not None:
-        train_set, test_set = _task_datasets(config, task_budget)
-        data = prepare_task_data(train_set, test_set, _text_encoder(), task_budget, seed)
-        results = {t: run_task(t, run.model, train_set, test_set, _text_encoder(), task_budget, seed, data=data)
-                   for t in (tasks or task_names())}
     preview = torch.stack([val[i]["image"] for i in range(PREVIEW_IMAGES)])
     with torch.no_grad():
-        run.model.eval()
         reconstructions = run.model(preview.to(run.device)).x_rec.cpu()
-    return ModelReport(label, str(out_dir), result, own, seconds, results, curve, reconstructions,
-                       _similarities(run.model, probe, val[0]))
+    return Assessment(result, own, reconstructions, _similarities(run.model, probe, val[0]))
+
+
+def tasks_job(label: str, out_dir: Path, settings: dict, seed: int, task_budget, tasks, threads: int | None,
+              progress: bool) -> dict[str, dict[str, float]]:
+    """Train and score the downstream tasks on a trained demo model's frozen codebook."""
+    _job_threads(threads)
+    run = load_run(out_dir)
+    train_set, test_set = _task_datasets(run.config, task_budget)
+    data = prepare_task_data(train_set, test_set, _text_encoder(), task_budget, seed)
+    return {t: run_task(t, run.model, train_set, test_set, _text_encoder(), task_budget, seed, data=data)
+            for t in (tasks or task_names())}
 
 
 _ENCODER = None
@@ -264,18 +300,49 @@ def _check_task_budget(budget):
     return budget
 
 
-def _train_models(out: Path, settings: dict, seed: int, task_budget, progress: bool, parallel: bool):
-    """Both models' ``model_job``: in two spawned processes sharing the cores, or in turn here."""
-    jobs = [(label, out / "runs" / name, settings, seed, task_budget, settings["tasks"])
-            for label, name in RUN_FOLDERS.items()]
+def _train_models(out: Path, settings: dict, seed: int, task_budget, progress: bool,
+                  parallel: bool) -> list[ModelReport]:
+    """Train both models, then assess each and run its tasks.
+
+    In parallel, a pool of one process per model (the cores split between them) runs the
+    jobs as they become ready: the plain model trains faster, so its assessment and tasks
+    run while the LG model still trains, and once that finishes its assessment and its
+    tasks run side by side. Otherwise every job runs in turn in this process. Each job
+    seeds what it draws, so both schedules give the same numbers.
+    """
+    folders = {label: out / "runs" / name for label, name in RUN_FOLDERS.items()}
+    common = lambda label: (label, folders[label], settings, seed)  # noqa: E731
     if not parallel:
-        return [model_job(*job, threads=None, progress=progress) for job in jobs]
-    threads = threads_per_process(len(jobs))
+        trained = {label: train_job(*common(label), None, progress) for label in CONFIGS}
+        assessed = {label: assess_job(*common(label), None, progress) for label in CONFIGS}
+        tasks = {label: tasks_job(*common(label), task_budget, settings["tasks"], None, progress)
+                 if task_budget is not None else None for label in CONFIGS}
+        return [_model_report(label, folders[label], trained[label], assessed[label], tasks[label]) for label in CONFIGS]
+    threads = threads_per_process(len(CONFIGS))
     if progress:
-        print(f"training {' and '.join(CONFIGS)} in parallel ({threads} torch thread(s) each)", flush=True)
-    with ProcessPoolExecutor(len(jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(model_job, *job, threads=threads, progress=False) for job in jobs]
-        return [f.result() for f in futures]
+        print(f"training {' and '.join(CONFIGS)} in parallel ({threads} torch thread(s) each); each model's "
+              "assessment and tasks start when it is trained", flush=True)
+    with ProcessPoolExecutor(len(CONFIGS), mp_context=multiprocessing.get_context("spawn")) as pool:
+        training = {pool.submit(train_job, *common(label), threads, False): label for label in CONFIGS}
+        trained, later = {}, {}
+        for future in as_completed(training):
+            label = training[future]
+            trained[label] = future.result()
+            later[label] = (
+                pool.submit(assess_job, *common(label), threads, False),
+                pool.submit(tasks_job, *common(label), task_budget, settings["tasks"], threads, False)
+                if task_budget is not None else None,
+            )
+            if progress:
+                print(f"{label} trained in {trained[label].seconds:.0f} s", flush=True)
+        return [_model_report(label, folders[label], trained[label], later[label][0].result(),
+                              later[label][1].result() if later[label][1] is not None else None)
+                for label in CONFIGS]
+
+
+def _model_report(label: str, folder: Path, trained: Trained, assessed: Assessment, tasks) -> ModelReport:
+    return ModelReport(label, str(folder), assessed.result, assessed.own_head, trained.seconds, tasks,
+                       trained.heldout, assessed.reconstructions, assessed.similarities)
 
 
 def run_seed(out: Path, settings: dict, seed: int, task_budget, progress: bool, parallel: bool = True) -> Path:

@@ -153,19 +153,25 @@ class MaskedTextPredictor(nn.Module):
 
     def masked_loss(self, words: torch.Tensor, mask: torch.Tensor, padding: torch.Tensor,
                     visual_tokens: torch.Tensor, embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """``loss(logits(...), ids[mask])`` with static shapes: the training step's form.
+        """``loss(logits(...), ids[mask])``: the training step's form, sync-free where it matters.
 
-        Selecting the masked rows (``h[mask]``) has a data-dependent size, which costs a
-        device→host sync (and a graph break under torch.compile). Here every position is
-        scored and the per-position cross-entropy is averaged over the masked ones, which
-        gives the same value (0 when none is masked) for a head over B·L rows instead of
-        about a fifth of them.
+        The V-wide head is most of Lmtp's cost, and only the masked positions (about a tenth
+        of B·L) are trained. Selecting them (``h[mask]``) has a data-dependent size: free on
+        the CPU, but a device→host sync on an accelerator and a graph break under
+        torch.compile. There every position is scored and the per-position cross-entropy is
+        averaged over the masked ones, which gives the same value (0 when none is masked).
         """
-        h = self._hidden(words, mask, padding, visual_tokens)
-        logits = self._head(h, embeddings)
+        if _selection_is_free(mask):
+            return self.loss(self.logits(words, mask, padding, visual_tokens, embeddings), ids[mask])
+        logits = self._head(self._hidden(words, mask, padding, visual_tokens), embeddings)
         per_position = F.cross_entropy(
             logits.flatten(0, 1).float(), ids.flatten(), label_smoothing=self.label_smoothing, reduction="none"
         )
         weights = mask.flatten().to(per_position.dtype)
         count = weights.sum() + RELEASE_COUNT_EPS if self.release else weights.sum().clamp_min(1.0)
         return (per_position * weights).sum() / count
+
+
+def _selection_is_free(mask: torch.Tensor) -> bool:
+    """Whether boolean-mask indexing costs neither a sync nor a graph break (eager, on the CPU)."""
+    return mask.device.type == "cpu" and not torch.compiler.is_compiling()

@@ -224,15 +224,17 @@ class TinyVQ(nn.Module):
 
 def test_tiny_vq_with_guidance_every_loss_decreases(text_encoder):
     """Joint training on a fixed batch. Lras moves slowly (its target argmax shifts as the
-    visual tokens learn), so it gets a larger weight; GSA a sharper temperature."""
+    visual tokens learn, stepping between plateaus), so it gets a larger weight and more
+    steps; GSA a sharper temperature. Dropout is off, so the trajectory depends on the losses
+    alone, not on how many dropout draws a code path makes."""
     torch.manual_seed(0)
     model = TinyVQ()
-    guidance = LanguageGuidance(8, 4, text_encoder, weights=(1.0, 1.0, 10.0), temperature=0.1)
+    guidance = LanguageGuidance(8, 4, text_encoder, weights=(1.0, 1.0, 10.0), temperature=0.1).eval()
     images = torch.rand(4, 3, 16, 16) * 2 - 1
     text = text_encoder(CAPTIONS)  # encoded once, as the caption cache would
     opt = torch.optim.Adam(list(model.parameters()) + list(guidance.parameters()), lr=1e-3)
     history = []
-    for _ in range(10):
+    for _ in range(16):
         z_q, vq_loss, _ = model.quantizer(model.encoder(images))
         rec = F.mse_loss(model.decoder(z_q), images)
         out = guidance(z_q, text, generator=torch.Generator().manual_seed(0))
@@ -263,23 +265,40 @@ def test_nan_z_q_is_reported_as_z_q(text_encoder):
         guidance(z_q, CAPTIONS)
 
 
-def test_static_shape_mtp_loss_equals_the_masked_rows_loss(text_encoder):
-    """The training step scores every position and averages over the masked ones; that must
-    equal the loss over the selected rows (and be 0 with nothing masked)."""
-    guidance = LanguageGuidance(8, 2, text_encoder).eval()
+@pytest.mark.parametrize("release", [False, True])
+def test_static_shape_mtp_loss_equals_the_selected_rows_loss(text_encoder, monkeypatch, release):
+    """On an accelerator the training step scores every position and averages over the
+    masked ones; on the CPU it scores only the selected rows. Both must give the loss over
+    the selected rows, with the same gradients (and 0 with nothing masked)."""
+    from lgvq.guidance import semantic
+
+    guidance = LanguageGuidance(8, 2, text_encoder, flavour="release" if release else "lgvq").eval()
     text = text_encoder(CAPTIONS)
     mask = sample_word_mask(text.tokens, 0.5, torch.Generator().manual_seed(3))
-    visual = _visual_tokens(guidance, 4)
+    visual = _visual_tokens(guidance, 4).detach().requires_grad_(True)
     words = text_encoder.encode_masked(text.tokens, mask).words
     padding = text.tokens.attention_mask == 0
     args = (words, mask, padding, visual, text_encoder.word_embeddings)
-    selected = guidance.mtp.loss(guidance.mtp.logits(*args), text.tokens.ids[mask])
-    static = guidance.mtp.masked_loss(*args, text.tokens.ids)
     assert mask.sum() > 1
+
+    def loss_and_grads(selection_free: bool):
+        monkeypatch.setattr(semantic, "_selection_is_free", lambda m: selection_free)
+        loss = guidance.mtp.masked_loss(*args, text.tokens.ids)
+        return loss, torch.autograd.grad(loss, [visual, guidance.mtp.vocab_bias, guidance.mtp.mask_vectors])
+
+    selected = guidance.mtp.loss(guidance.mtp.logits(*args), text.tokens.ids[mask])
+    (static, static_grads), (rows, rows_grads) = loss_and_grads(False), loss_and_grads(True)
     torch.testing.assert_close(static, selected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(rows, selected, rtol=1e-5, atol=1e-6)
+    for a, b in zip(static_grads, rows_grads):
+        assert b.abs().sum() > 0
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
     nothing = torch.zeros_like(mask)
-    none_masked = guidance.mtp.masked_loss(words, nothing, padding, visual, text_encoder.word_embeddings, text.tokens.ids)
-    assert none_masked.item() == 0.0
+    for selection_free in (False, True):
+        monkeypatch.setattr(semantic, "_selection_is_free", lambda m: selection_free)
+        none_masked = guidance.mtp.masked_loss(words, nothing, padding, visual, text_encoder.word_embeddings,
+                                               text.tokens.ids)
+        assert none_masked.item() == 0.0
 
 
 def test_losses_equal_with_and_without_the_cpu_text_optimisations():
