@@ -86,6 +86,9 @@ def torch_threads(threads: int):
         torch.set_num_threads(before)
 
 
+OPS = ("nearest_code", "vector_quantize fwd+bwd", "relation_alignment_loss fwd+bwd")
+
+
 def ops(n: int, k: int, d: int, relation_shape: tuple[int, int, int, int]) -> dict[str, dict[str, Callable]]:
     """op name -> {'lgvq': fn, 'eager': fn}; every fn is one call (forward + backward where trained)."""
     g = torch.Generator().manual_seed(0)
@@ -141,6 +144,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     parser.add_argument("--conditions", nargs="+", choices=list(COMPETITORS), default=list(COMPETITORS))
+    parser.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS), help="which ops to time")
     parser.add_argument("--no-save", action="store_true", help="print only; do not append to bench/results")
     args = parser.parse_args(argv)
     threads = set_cpu_threads(args.threads)
@@ -148,6 +152,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         cases, repeats = ops(512, 512, 16, (4, 6, 16, 32)), 1
     else:
         cases, repeats = ops(16384, 16384, 64, (32, 30, 256, 512)), args.repeats
+    cases = {op: fns for op, fns in cases.items() if op in args.ops}
     rows = [row for name in args.conditions for row in measure_condition(name, cases, threads, repeats)]
     text = table(rows, threads)
     if args.no_save:

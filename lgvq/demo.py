@@ -571,7 +571,7 @@ def _verdict(per_seed: list[dict]) -> list[str]:
     if n == 1:
         sure = ("One seed cannot separate a real difference from seed-to-seed noise: compare with the paired "
                 f"differences over 5 seeds committed in the repository's `{MULTI_SEED_RESULTS}` folder (README: "
-                "“Results”), or run `lgvq demo --seeds 0 1 2 3 4`.")
+                "“Downstream tasks”), or run `lgvq demo --seeds 0 1 2 3 4`.")
     else:
         sure = (f"A score better in all {n} paired seeds has probability {2 * 0.5 ** n:.2f} under no real "
                 "difference (sign test); the ± is the seed-to-seed standard deviation.")

@@ -153,7 +153,9 @@ def save_training_curves(logs: dict[str, list[dict]], heldout: dict[str, list[di
     rec.set_title("reconstruction loss (train batches)")
     held.set_title("PSNR on held-out images (dB)")
     ppl.set_title("code perplexity per batch (train)")
-    guide.set_title("guidance losses (train): gsa, mtp, ras")
+    guide.set_title("guidance losses (train, log scale): gsa, mtp, ras")
+    if guide.get_legend_handles_labels()[0]:
+        guide.set_yscale("log")  # Lras is ~100x smaller than the other two
     for ax in axes.flat:
         ax.set_xlabel("step")
         if ax.get_legend_handles_labels()[0]:
