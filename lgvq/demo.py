@@ -153,8 +153,7 @@ def train_job(label: str, out_dir: Path, settings: dict, seed: int, threads: int
     return Trained(time.perf_counter() - start, curve)
 
 
-def assess_job(label: str, out_dir: Path, settings: dict, seed: int, threads: int | None,
-               progress: bool) -> Assessment:
+def assess_job(out_dir: Path, settings: dict, seed: int, threads: int | None, progress: bool) -> Assessment:
     """Evaluate a trained demo model, probe its frozen codebook and render its pictures' data."""
     _job_threads(threads)
     run = load_run(out_dir)
@@ -172,7 +171,7 @@ def assess_job(label: str, out_dir: Path, settings: dict, seed: int, threads: in
     return Assessment(result, own, reconstructions, _similarities(run.model, probe, val[0]))
 
 
-def tasks_job(label: str, out_dir: Path, settings: dict, seed: int, task_budget, tasks, threads: int | None,
+def tasks_job(out_dir: Path, settings: dict, seed: int, task_budget, tasks, threads: int | None,
               progress: bool) -> dict[str, dict[str, float]]:
     """Train and score the downstream tasks on a trained demo model's frozen codebook."""
     _job_threads(threads)
@@ -311,9 +310,9 @@ def _train_models(out: Path, settings: dict, seed: int, task_budget, progress: b
     seeds what it draws, so both schedules give the same numbers.
     """
     folders = {label: out / "runs" / name for label, name in RUN_FOLDERS.items()}
-    common = lambda label: (label, folders[label], settings, seed)  # noqa: E731
+    common = lambda label: (folders[label], settings, seed)  # noqa: E731
     if not parallel:
-        trained = {label: train_job(*common(label), None, progress) for label in CONFIGS}
+        trained = {label: train_job(label, *common(label), None, progress) for label in CONFIGS}
         assessed = {label: assess_job(*common(label), None, progress) for label in CONFIGS}
         tasks = {label: tasks_job(*common(label), task_budget, settings["tasks"], None, progress)
                  if task_budget is not None else None for label in CONFIGS}
@@ -323,7 +322,7 @@ def _train_models(out: Path, settings: dict, seed: int, task_budget, progress: b
         print(f"training {' and '.join(CONFIGS)} in parallel ({threads} torch thread(s) each); each model's "
               "assessment and tasks start when it is trained", flush=True)
     with ProcessPoolExecutor(len(CONFIGS), mp_context=multiprocessing.get_context("spawn")) as pool:
-        training = {pool.submit(train_job, *common(label), threads, False): label for label in CONFIGS}
+        training = {pool.submit(train_job, label, *common(label), threads, False): label for label in CONFIGS}
         trained, later = {}, {}
         for future in as_completed(training):
             label = training[future]
