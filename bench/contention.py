@@ -36,7 +36,7 @@ from bench.relation import loss_and_grad, make_inputs, released_style_loss
 from bench.nearest import eager_nearest
 from lgvq.ops.nearest import nearest_code
 from lgvq.ops.relation import relation_alignment_loss
-from lgvq.threads import LoadMeter
+from lgvq.threads import LoadMeter, torch_threads
 
 #: Competing processes, by condition name (None: nothing added).
 COMPETITORS: dict[str, list[str] | None] = {
@@ -74,16 +74,6 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-@contextmanager
-def torch_threads(threads: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 OPS = ("nearest_code", "vector_quantize fwd+bwd", "relation_alignment_loss fwd+bwd")

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+
+import torch
 
 
 def cpu_cores() -> int:
@@ -27,6 +31,18 @@ def cpu_cores() -> int:
 def threads_per_process(processes: int) -> int:
     """Torch threads for each of ``processes`` parallel CPU processes: the cores split evenly."""
     return max(1, cpu_cores() // max(1, processes))
+
+
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with ``count`` intra-op threads (None: leave them), then restore the previous setting."""
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _machine_busy_seconds() -> float | None:

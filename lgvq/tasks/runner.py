@@ -20,8 +20,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -56,6 +55,7 @@ from lgvq.tasks.text_features import TextFeatures, encode_texts
 from lgvq.tasks.text_to_image import TextToImage
 from lgvq.tasks.training import TrainSettings
 from lgvq.tasks.unconditional import UnconditionalGenerator
+from lgvq.threads import torch_threads
 from lgvq.tasks.vqa import QuestionAnswerer, VQAExamples, vqa_examples
 from lgvq.visualize import save_image_grid
 
@@ -168,18 +168,6 @@ def has_ground_truth(dataset) -> bool:
 
 def semantic_maps(dataset, items: torch.Tensor) -> torch.Tensor:
     return torch.stack([dataset.semantic_map(i) for i in items.tolist()])
-
-
-@contextmanager
-def torch_threads(count: int | None) -> Iterator[None]:
-    """Run the block with ``count`` intra-op threads, then restore the previous setting."""
-    previous = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def first_items(dataset, count: int) -> torch.Tensor:

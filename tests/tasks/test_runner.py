@@ -12,7 +12,7 @@ from lgvq.tasks import (
     run_task,
     task_names,
 )
-from lgvq.tasks.runner import torch_threads
+from lgvq.threads import torch_threads
 
 
 @pytest.fixture(scope="module")
