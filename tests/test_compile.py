@@ -60,15 +60,6 @@ class GuidedVQ(nn.Module):
         return loss, perplexity
 
 
-@pytest.fixture(autouse=True)
-def static_shapes(monkeypatch):
-    """Eager runs take the compiled step's static-shape path too: on the CPU eager masked text
-    prediction would score fewer rows and so draw its dropout masks in other shapes."""
-    from lgvq.guidance import semantic
-
-    monkeypatch.setattr(semantic, "_selection_is_free", lambda mask: False)
-
-
 def _step(model, images, text, call=None):
     """Loss, perplexity and parameter gradients of one step of ``call`` (default: ``model``)."""
     torch.manual_seed(1)  # the same mask draws and restart candidates in both runs

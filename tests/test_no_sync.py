@@ -99,9 +99,9 @@ def count_syncs(fn) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def accelerator_paths(monkeypatch):
-    """Take the paths a GPU step takes: on the CPU, masked text prediction selects the
-    masked rows and cuts trailing padding (data-dependent sizes, free there), which on an
-    accelerator would sync inside C++ where the counter cannot see it."""
+    """Take the paths a GPU step takes: on the CPU, masked text prediction selects the masked
+    rows (a data-dependent size, free there), which on an accelerator would sync inside C++
+    where the counter cannot see it."""
     from lgvq.guidance import semantic
 
     monkeypatch.setattr(semantic, "_selection_is_free", lambda mask: False)
