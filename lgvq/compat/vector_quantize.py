@@ -34,6 +34,7 @@ from torch import nn
 from lgvq.checks import check_positive, check_tensor
 from lgvq.ops import code_counts_and_sums, nearest_code
 from lgvq.quantize.distributed import all_reduce_sum_, broadcast_, gather_rows
+from lgvq.quantize.ema import ema_, laplace_smoothed_codes
 from lgvq.quantize.kmeans import kmeans
 
 #: vector-quantize-pytorch's options this face does not implement, with their defaults: passing
@@ -258,8 +259,8 @@ class VectorQuantize(nn.Module):
         counts, sums = code_counts_and_sums(flat, indices, self.codebook_size, backend=self.backend)
         all_reduce_sum_(counts, sums)
         book = self._codebook
-        book.cluster_size.lerp_(counts[None], 1.0 - self.decay)
-        book.embed_avg.lerp_(sums[None], 1.0 - self.decay)
+        ema_(book.cluster_size, counts[None], self.decay)
+        ema_(book.embed_avg, sums[None], self.decay)
         if self.ema_update:
             self._codes_from_averages()
         if self.threshold_ema_dead_code > 0:
@@ -268,10 +269,7 @@ class VectorQuantize(nn.Module):
     def _codes_from_averages(self) -> None:
         """embed = embed_avg / Laplace-smoothed cluster sizes (l2-normalised for cosine codes)."""
         book = self._codebook
-        size = book.cluster_size
-        total = size.sum(dim=-1, keepdim=True)
-        smoothed = (size + self.eps) / (total + self.codebook_size * self.eps) * total
-        embed = book.embed_avg / smoothed[..., None]
+        embed = laplace_smoothed_codes(book.cluster_size, book.embed_avg, self.eps)
         book.embed.data.copy_(_l2norm(embed) if self.use_cosine_sim else embed)
 
     def _restart_dead_codes(self, flat: torch.Tensor) -> None:

@@ -40,6 +40,7 @@ from lgvq.ops import code_counts_and_sums, vector_quantize
 from lgvq.ops.stats import code_counts
 from lgvq.ops.nearest import METRICS
 from lgvq.quantize.distributed import all_reduce_sum_, broadcast_, gather_rows
+from lgvq.quantize.ema import ema_, laplace_smoothed_codes
 from lgvq.quantize.kmeans import kmeans, sample_rows
 
 
@@ -302,11 +303,9 @@ class VectorQuantizer(nn.Module):
             self._restart_dead_codes(flat, counts)
 
     def _ema_update(self, counts: torch.Tensor, sums: torch.Tensor) -> None:
-        self.ema_counts.mul_(self.decay).add_(counts, alpha=1 - self.decay)
-        self.ema_sums.mul_(self.decay).add_(sums, alpha=1 - self.decay)
-        total = self.ema_counts.sum()
-        smoothed = (self.ema_counts + self.eps) / (total + self.n_e * self.eps) * total
-        self._set_codebook(self.ema_sums / smoothed[:, None])
+        ema_(self.ema_counts, counts, self.decay)
+        ema_(self.ema_sums, sums, self.decay)
+        self._set_codebook(laplace_smoothed_codes(self.ema_counts, self.ema_sums, self.eps))
 
     def _restart_dead_codes(self, flat: torch.Tensor, counts: torch.Tensor) -> None:
         """Move every code whose usage fell below the threshold onto a batch vector.
