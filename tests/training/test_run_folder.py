@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from lgvq.checkpoint import (
+from lgvq.experiment.checkpoint import (
     CheckpointError,
     CheckpointFallbackWarning,
     checkpoint_step,
@@ -22,9 +22,9 @@ from lgvq.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from lgvq.run_folder import RESUME_MAY_CHANGE, RunFolderError
-from lgvq.runs import load_run
-from lgvq.train import train
+from lgvq.experiment.run_folder import RESUME_MAY_CHANGE, RunFolderError
+from lgvq.experiment.run import load_run
+from lgvq.experiment.train import train
 
 from .conftest import snapshot, tiny_config
 
@@ -50,7 +50,7 @@ def run_copy(finished_run, tmp_path):
 
 HOLD_LOCK = textwrap.dedent("""
     import sys, time
-    from lgvq.run_folder import RunFolderLock
+    from lgvq.experiment.run_folder import RunFolderLock
     with RunFolderLock(sys.argv[1]):
         print("locked", flush=True)
         time.sleep(60)

@@ -1,7 +1,7 @@
 """Training: one flat loop for VQ-VAE / VQ-GAN / CVQ, with or without language guidance.
 
     lgvq train --config configs/shapes-vqvae-lg.yaml --set train.steps=500
-    torchrun --nproc_per_node 2 -m lgvq.train --config configs/shapes-vqvae.yaml
+    torchrun --nproc_per_node 2 -m lgvq.experiment.train --config configs/shapes-vqvae.yaml
 
 Under torchrun every rank trains on its slice of each global batch (data.batch_size per
 rank). The training step calls the modules through DistributedDataParallel, whose bucketed
@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from lgvq.checkpoint import (
+from lgvq.experiment.checkpoint import (
     atomic_write_text,
     checkpoint_step,
     latest_checkpoint,
@@ -40,17 +40,17 @@ from lgvq.checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
-from lgvq.config import ConfigError, DataConfig, ExperimentConfig, check_config, config_from_dict, config_to_dict
+from lgvq.experiment.config import ConfigError, DataConfig, ExperimentConfig, check_config, config_from_dict, config_to_dict
 from lgvq.data import DATASET_NAMES, FORMATS, collate, load_dataset
 from lgvq.data.shapes import SPLITS as SHAPES_SPLITS
 from lgvq.extras import needs_extra
 from lgvq.guidance import LanguageGuidance
-from lgvq.logger import RunLogger, as_floats
+from lgvq.experiment.logger import RunLogger, as_floats
 from lgvq.models.losses import VQLPIPSWithDiscriminator
 from lgvq.models.registry import build_loss, build_model, get_spec
 from lgvq.models.vqmodel import VQModelConfig
-from lgvq.run_folder import RunFolderError, RunFolderLock, check_resume_config, clear_for_fresh_run
-from lgvq.visualize import save_image_grid
+from lgvq.experiment.run_folder import RunFolderError, RunFolderLock, check_resume_config, clear_for_fresh_run
+from lgvq.experiment.visualize import save_image_grid
 
 with needs_extra("train"):
     from tqdm import tqdm
@@ -219,7 +219,7 @@ def autocast(run: Run):
 def train_step(run: Run, optimizers, images: torch.Tensor, captions: list[str], step: int) -> dict[str, torch.Tensor]:
     """One optimisation step; returns the scalars worth logging, as detached 0-dim tensors.
 
-    They stay on the device: reading them (``lgvq.logger.as_floats``) is a device→host sync,
+    They stay on the device: reading them (``lgvq.experiment.logger.as_floats``) is a device→host sync,
     which the loop pays at logging steps only.
     """
     run.model.train()
@@ -267,7 +267,7 @@ def train(config: ExperimentConfig, resume: bool = False, progress: bool = True,
     data position, while the ranks' RNG streams restart from rank 0's saved state.
     ``existing``: what a fresh run does with a run already in the folder: "refuse"
     (RunFolderError), "archive" (moved to ``<out_dir>/archive/<UTC time>/``) or "overwrite".
-    The folder is locked while training: a second trainer on it is refused (lgvq.run_folder).
+    The folder is locked while training: a second trainer on it is refused (lgvq.experiment.run_folder).
     """
     if resume and existing != "refuse":
         raise ValueError(f"resume continues the run in the folder; existing={existing!r} is for fresh runs only")
@@ -440,7 +440,7 @@ def config_with(config: ExperimentConfig, **sections) -> ExperimentConfig:
     return dataclasses.replace(config, **replaced)
 
 
-if __name__ == "__main__":  # torchrun --nproc_per_node N -m lgvq.train --config ... [--set ...] [--resume]
+if __name__ == "__main__":  # torchrun --nproc_per_node N -m lgvq.experiment.train --config ... [--set ...] [--resume]
     import sys
 
     from lgvq.cli import main

@@ -172,7 +172,7 @@ def _check_field(key: str, value, meta) -> None:
 def check_config(config: ExperimentConfig) -> ExperimentConfig:
     """Every field within its range or choices (ConfigError naming the key, the value and what is
     allowed); returns ``config``. What needs the model registry or the data is checked by
-    ``lgvq.train.check_training_config``."""
+    ``lgvq.experiment.train.check_training_config``."""
     for section in dataclasses.fields(config):
         part = getattr(config, section.name)
         for f in dataclasses.fields(part):

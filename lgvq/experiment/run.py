@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lgvq.checkpoint import latest_checkpoint, load_weights
-from lgvq.config import ExperimentConfig, config_from_dict
-from lgvq.train import Run, build_run
+from lgvq.experiment.checkpoint import latest_checkpoint, load_weights
+from lgvq.experiment.config import ExperimentConfig, config_from_dict
+from lgvq.experiment.train import Run, build_run
 
 
 def run_config(run_dir: str | Path) -> ExperimentConfig:

@@ -14,7 +14,7 @@ and the training curves (train losses, LG losses, held-out PSNR).
 
 With several seeds (``lgvq demo --seeds 0 1 2``) each seed gets that report in its own
 ``seed-N`` folder, and the top ``README.md`` gives every metric's mean ± standard deviation
-and the paired LG − plain difference (``lgvq.comparison``). A seed folder whose
+and the paired LG − plain difference (``lgvq.experiment.comparison``). A seed folder whose
 ``metrics.json`` was written with the same settings is reused, so an interrupted sweep
 resumes, and seeds can be run by separate processes into one folder.
 """
@@ -32,16 +32,16 @@ from pathlib import Path
 
 import torch
 
-from lgvq.comparison import Spread, comparison_table, direction, flatten_tasks, format_signed, unanimous_summary
-from lgvq.config import ExperimentConfig, config_to_dict, load_config, shipped_configs
+from lgvq.experiment.comparison import Spread, comparison_table, direction, flatten_tasks, format_signed, unanimous_summary
+from lgvq.experiment.config import ExperimentConfig, config_to_dict, load_config, shipped_configs
 from lgvq.data import load_dataset
-from lgvq.evaluate import EvalResult, evaluate, fit_alignment_probe
-from lgvq.logger import read_log
-from lgvq.runs import load_run
+from lgvq.experiment.evaluate import EvalResult, evaluate, fit_alignment_probe
+from lgvq.experiment.logger import read_log
+from lgvq.experiment.run import load_run
 from lgvq.tasks import TaskBudget, prepare_task_data, run_task, task_names
 from lgvq.threads import LoadMeter, threads_per_process
-from lgvq.train import dataset_args, train
-from lgvq.visualize import (
+from lgvq.experiment.train import dataset_args, train
+from lgvq.experiment.visualize import (
     save_reconstruction_figure,
     save_similarity_heatmaps,
     save_training_curves,
