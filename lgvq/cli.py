@@ -135,7 +135,7 @@ def _load_run(args):
 def _eval_split(run, given: str | None, root: str | None) -> str:
     """The split to evaluate on: --split, else data.eval_split, else the data's held-out split."""
     from lgvq.experiment.config import ConfigError
-    from lgvq.experiment.train import check_split, held_out_split
+    from lgvq.experiment.splits import check_split, held_out_split
 
     data = run.config.data
     split = given or data.eval_split or held_out_split(data.name)
@@ -152,7 +152,8 @@ def _eval_split(run, given: str | None, root: str | None) -> str:
 def _dataset(run, split: str, size: int, root: str | None = None):
     """``split`` of the run's data, read from ``root`` instead of data.root if given."""
     from lgvq.data import load_dataset
-    from lgvq.experiment.train import config_with, dataset_args
+    from lgvq.experiment.config import config_with
+    from lgvq.experiment.splits import dataset_args
 
     config = run.config if root is None else config_with(run.config, data={"root": root})
     return load_dataset(**dataset_args(config, split, size))

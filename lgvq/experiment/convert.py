@@ -215,7 +215,7 @@ def convert_release(checkpoint: str | Path, out_dir: str | Path, *, config: str 
     from lgvq.experiment.checkpoint import save_checkpoint
     from lgvq.experiment.config import config_to_dict, load_config
     from lgvq.models.registry import get_spec
-    from lgvq.experiment.train import build_run
+    from lgvq.experiment.run import build_run
 
     out_dir = Path(out_dir)
     if (out_dir / "config.json").exists():

@@ -14,7 +14,8 @@ import torch
 import torch.multiprocessing as mp
 
 from lgvq.experiment.config import load_config
-from lgvq.experiment.train import build_run, seed_everything, train
+from lgvq.experiment.run import build_run, seed_everything
+from lgvq.experiment.train import train
 
 STEPS = 3
 RUNS = {

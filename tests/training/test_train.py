@@ -8,7 +8,8 @@ import torch
 import lgvq.experiment.checkpoint as checkpoint_mod
 from lgvq.experiment.checkpoint import latest_checkpoint, load_weights, save_checkpoint
 from lgvq.experiment.logger import read_log
-from lgvq.experiment.train import build_run, train
+from lgvq.experiment.run import build_run
+from lgvq.experiment.train import train
 
 from .conftest import tiny_config
 
