@@ -235,7 +235,7 @@ def _train_process(out: Path, *flags: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f"{out.name}.stderr", "ab") as stderr:  # a file: a full pipe would block the trainer
-        return subprocess.Popen([sys.executable, "-m", "lgvq.cli", "train", *KILL_RUN, "--set",
+        return subprocess.Popen([sys.executable, "-m", "lgvq", "train", *KILL_RUN, "--set",
                                  f"train.out_dir={out}", *flags], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                 stderr=stderr)
 
