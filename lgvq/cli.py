@@ -225,7 +225,7 @@ def cmd_encode(args) -> None:
     print(f"codes {tuple(indices.shape)} → {out}")
 
 
-def _load_codes(path: str, num_codes: int):
+def _load_codes(path: str, n_embed: int):
     """(indices, source file names or None) from a file written by ``lgvq encode``."""
     import torch
 
@@ -238,8 +238,8 @@ def _load_codes(path: str, num_codes: int):
     indices = payload.get("indices") if isinstance(payload, dict) else payload
     if not isinstance(indices, torch.Tensor) or indices.dim() != 3 or indices.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"{path} must hold integer indices of shape (B, h, w)")
-    if bool((indices < 0).any()) or bool((indices >= num_codes).any()):
-        raise ValueError(f"{path}: code indices must lie in [0, {num_codes})")
+    if bool((indices < 0).any()) or bool((indices >= n_embed).any()):
+        raise ValueError(f"{path}: code indices must lie in [0, {n_embed})")
     files = payload.get("files") if isinstance(payload, dict) else None
     if not isinstance(files, list) or len(files) != len(indices):
         files = None
