@@ -73,6 +73,7 @@ class MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def exec_module(self, module) -> None:
         # stacklevel 2 skips importlib's frames: the warning points at the importing line
         warnings.warn(moved_message(module.__name__), DeprecationWarning, stacklevel=2)
+        importlib.import_module(MOVED[module.__name__][0])  # a missing extra fails at import, as before
         module.__getattr__ = _lookup(module.__name__)
 
     def get_code(self, fullname):

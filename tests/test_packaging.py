@@ -211,6 +211,7 @@ def test_core_install_quantizes_without_the_language_stack(core_venv, tmp_path):
 
 @pytest.mark.parametrize("code, extra", [
     ("import lgvq.experiment.config", "train"),
+    ("import lgvq.config", "train"),  # the path before lgvq.experiment, still honoured
     ("import lgvq.data", "train"),
     ("from lgvq.text import load_text_encoder; load_text_encoder()", "text"),
 ])
