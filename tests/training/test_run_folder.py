@@ -22,8 +22,8 @@ from lgvq.experiment.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from lgvq.experiment.run_folder import RESUME_MAY_CHANGE, RunFolderError
 from lgvq.experiment.run import load_run
+from lgvq.experiment.run_folder import RESUME_MAY_CHANGE, RunFolderError
 from lgvq.experiment.train import train
 
 from .conftest import snapshot, tiny_config
