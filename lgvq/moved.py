@@ -19,7 +19,7 @@ _X = "lgvq.experiment."
 # old module → the modules that now hold its names, searched in order
 MOVED: dict[str, tuple[str, ...]] = {
     "lgvq.train": (_X + "train", _X + "run", _X + "config_checks", _X + "splits", _X + "batches",
-                   _X + "distributed", _X + "run_folder", _X + "config"),
+                   _X + "distributed", _X + "resume", _X + "config"),
     "lgvq.config": (_X + "config",),
     "lgvq.checkpoint": (_X + "checkpoint",),
     "lgvq.run_folder": (_X + "run_folder",),

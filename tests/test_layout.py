@@ -103,6 +103,7 @@ def test_the_graph_sees_lazy_and_relative_imports():
     ("lgvq.train", "check_training_config", "lgvq.experiment.config_checks"),
     ("lgvq.train", "held_out_split", "lgvq.experiment.splits"),
     ("lgvq.train", "config_with", "lgvq.experiment.config"),
+    ("lgvq.train", "open_run_folder", "lgvq.experiment.resume"),
     ("lgvq.runs", "load_run", "lgvq.experiment.run"),
     ("lgvq.config", "load_config", "lgvq.experiment.config"),
     ("lgvq.checkpoint", "atomic_write_text", "lgvq.experiment.checkpoint"),

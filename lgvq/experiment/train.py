@@ -1,8 +1,8 @@
 """Training: one flat loop for VQ-VAE / VQ-GAN / CVQ, with or without language guidance.
 
 What the loop takes from its neighbours: the checked config (``config_checks``), the Run
-(``run``), the data order (``batches``), the torchrun wrappers (``distributed``) and the run
-folder with its checkpoints (``run_folder``, ``checkpoint``).
+(``run``), the data order (``batches``), the torchrun wrappers (``distributed``), the opened
+run folder (``resume``) and its checkpoints (``checkpoint``).
 
     lgvq train --config configs/shapes-vqvae-lg.yaml --set train.steps=500
     torchrun --nproc_per_node 2 -m lgvq train --config configs/shapes-vqvae.yaml
@@ -31,20 +31,14 @@ import torch.distributed as dist
 
 from lgvq.data import load_dataset
 from lgvq.experiment.batches import batches_from
-from lgvq.experiment.checkpoint import (
-    atomic_write_text,
-    checkpoint_step,
-    latest_checkpoint,
-    load_checkpoint,
-    remove_stale_temporaries,
-    save_checkpoint,
-)
-from lgvq.experiment.config import ExperimentConfig, config_from_dict, config_to_dict
+from lgvq.experiment.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from lgvq.experiment.config import ExperimentConfig, config_to_dict
 from lgvq.experiment.config_checks import check_training_config
 from lgvq.experiment.distributed import data_parallel, init_distributed
 from lgvq.experiment.logger import RunLogger, as_floats
+from lgvq.experiment.resume import open_run_folder, resume_checkpoint
 from lgvq.experiment.run import Run, build_run, resolve_device, seed_everything
-from lgvq.experiment.run_folder import RunFolderError, RunFolderLock, check_resume_config, clear_for_fresh_run
+from lgvq.experiment.run_folder import RunFolderLock
 from lgvq.experiment.splits import dataset_args
 from lgvq.experiment.visualize import save_image_grid
 from lgvq.extras import needs_extra
@@ -133,39 +127,6 @@ def train(config: ExperimentConfig, resume: bool = False, progress: bool = True,
         return _train(config, resume, progress, existing, rank, world)
     with RunFolderLock(config.train.out_dir):
         return _train(config, resume, progress, existing, rank, world)
-
-
-def resume_checkpoint(ckpt_dir: Path) -> Path:
-    latest = latest_checkpoint(ckpt_dir)
-    if latest is None:
-        raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
-    return latest
-
-
-def open_run_folder(config: ExperimentConfig, resume: bool, existing: str) -> Path | None:
-    """Ready the locked run folder: the checkpoint to resume from, or None for a fresh run.
-
-    Every refusal comes before anything is written; the only changes are the removal of
-    temporaries that interrupted runs left, and the archive or overwrite asked for.
-    """
-    out_dir = Path(config.train.out_dir)
-    ckpt_dir = out_dir / "checkpoints"
-    remove_stale_temporaries(ckpt_dir)  # safe: the lock keeps every other writer out
-    if not resume:
-        clear_for_fresh_run(out_dir, existing)
-        return None
-    checkpoint = resume_checkpoint(ckpt_dir)
-    saved = out_dir / "config.json"
-    if saved.is_file():
-        check_resume_config(config_to_dict(config_from_dict(json.loads(saved.read_text()))), config_to_dict(config),
-                            saved)
-    step = checkpoint_step(checkpoint)
-    if config.train.steps < step:
-        raise RunFolderError(
-            f"train.steps={config.train.steps} is before the checkpoint {checkpoint} (step {step}); "
-            f"a resume trains up to train.steps, so it must be >= {step}"
-        )
-    return checkpoint
 
 
 def _train(config: ExperimentConfig, resume: bool, progress: bool, existing: str, rank: int, world: int) -> Run:
