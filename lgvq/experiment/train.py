@@ -102,11 +102,12 @@ def train_step(run: Run, optimizers, images: torch.Tensor, captions: list[str], 
 
 def check_enough_data(items: int, config: ExperimentConfig, world: int) -> None:
     """A ConfigError, before anything is written, when the dataset holds less than one global batch."""
-    if items < config.data.batch_size * world:
-        where = f" in {config.data.root}" if config.data.root else ""
-        raise ConfigError(f"data.batch_size={config.data.batch_size} is not allowed: the {config.data.name} data{where} "
-                          f"holds {items} image(s), fewer than one batch" + (f" on each of {world} ranks" if world > 1
-                                                                             else "") + "; lower data.batch_size")
+    if items >= config.data.batch_size * world:
+        return
+    where = f" in {config.data.root}" if config.data.root else ""
+    ranks = f" on each of {world} ranks" if world > 1 else ""
+    raise ConfigError(f"data.batch_size={config.data.batch_size} is not allowed: the {config.data.name} data{where} "
+                      f"holds {items} image(s), fewer than one batch{ranks}; lower data.batch_size")
 
 
 class TrainingDiverged(ValueError):
