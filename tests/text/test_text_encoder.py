@@ -517,7 +517,9 @@ def test_checkpoint_missing_text_weights_is_refused(tiny_clip_dirs, tmp_path):
     source = tiny_clip_dirs["text_only"]
     CLIPTextModel(CLIPTextConfig.from_pretrained(str(source))).save_pretrained(tmp_path)
     CLIPTokenizer.from_pretrained(str(source)).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="lacks .*text_projection"):
+    # Which weights the message names depends on transformers: 5.24 finds only text_projection
+    # missing, 5.17 matches none of the tower's keys (it lists 37, the first five by name).
+    with pytest.raises(ValueError, match=r"lacks \d+ weights of CLIPTextModelWithProjection .*not a complete text encoder"):
         load_text_encoder(tmp_path)
 
 
