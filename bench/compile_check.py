@@ -134,6 +134,7 @@ def capture_launches(arch: int):
         for config in configs:
             record(self.fn, args, {**kwargs, **config.all_kwargs()}, _nearest_model(self, config, kwargs))
         self.best_config = configs[0]
+        kwargs["grid"]({**self.nargs, **kwargs, **configs[0].all_kwargs()})  # as the launch of the winner would
         self.nargs = None
 
     def _nearest_model(tuner, config, kwargs):
@@ -309,7 +310,8 @@ def compile_launch(job: tuple[int, Launch]) -> dict:
 
 
 def _config_text(kwargs: dict) -> str:
-    names = ("BLOCK_N", "BLOCK_K", "BLOCK_L", "BLOCK_M", "BLOCK_D", "WORDS", "SINGLE_D", "CODE_GRAD", "PRECISION")
+    names = ("BLOCK_N", "BLOCK_K", "BLOCK_L", "BLOCK_M", "BLOCK_D", "WORDS", "SINGLE_D", "CODE_GRAD", "PRECISION",
+             "BIASED")
     return " ".join(f"{n}={kwargs[n]}" for n in names if n in kwargs)
 
 
@@ -335,7 +337,7 @@ def problems(rec: dict, limit: int) -> list[str]:
     return out
 
 
-def model_gaps(limit: int) -> list[str]:
+def model_gaps(limit: int, arch: int) -> list[str]:
     """(dtype, d) pairs, d = 1..4096, for which the nearest launcher has no config that fits."""
     from lgvq.kernels import nearest
 
@@ -345,7 +347,7 @@ def model_gaps(limit: int) -> list[str]:
         for d in MODEL_DIMS:
             width = nearest.padded_d(d)
             block_d, single_d = nearest.block_d_for(width, elem)
-            kept = nearest.launchable_configs(configs, width, elem, precision, limit)
+            kept = nearest.launchable_configs(configs, width, elem, precision, limit, arch)
             if not any(nearest.shared_memory_bytes(c, block_d, single_d, elem, precision) <= limit for c in kept):
                 gaps.append(f"{8 * elem}-bit {precision} d={d}")
     return gaps
@@ -434,7 +436,7 @@ def main(argv=None) -> int:
     start = time.time()
     limit = SHARED_MEMORY_LIMIT[args.arch]
     records, compiled = run(args.arch, args.subset, args.jobs, args.cache)
-    gaps = model_gaps(limit)
+    gaps = model_gaps(limit, args.arch)
     wall = time.time() - start
     path = args.table or (ROOT / "bench" / "results" / f"compile-sm{args.arch}.md" if args.subset == "full" else None)
     if path:

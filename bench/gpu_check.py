@@ -162,11 +162,11 @@ def plan_steps(py: str, work: pathlib.Path, dry: bool) -> list[tuple[str, float,
     if dry:
         device = ["--device", "cpu", "--quick"]
         bench = [*device, "--n", "64", "--k", "96", "--d", "24", "--repeats", "1", "--budget", "0.1"]
-        scale_k = "6"
+        scale_k, scale_timing = "6", ["--repeats", "1", "--budget", "0.1"]
     else:
         device = ["--device", "cuda"]
         bench = [*device, "--n", n, "--k", k, "--d", d, "--repeats", "5", "--budget", "2"]
-        scale_k = "18"
+        scale_k, scale_timing = "18", ["--budget", "2"]
     me = [py, "-m", "bench.gpu_check", str(work)] + (["--dry"] if dry else [])
     workers = ["-n", "4"] if importlib.util.find_spec("xdist") else []
     pytest = [py, "-m", "pytest", "-c", str(ROOT / "pytest.ini"), "--rootdir", str(ROOT), str(ROOT / "tests"),
@@ -181,7 +181,7 @@ def plan_steps(py: str, work: pathlib.Path, dry: bool) -> list[tuple[str, float,
         ("bench_quantize_bf16", 25, [py, "-m", "bench.quantize", *bench, "--dtype", "bf16",
                                      "--providers", "eager,triton"]),
         ("bench_scale_train", 20, [py, "-m", "bench.scale", *device, "--parts", "train", "--k-log2", scale_k,
-                                   "--providers", "eager,lgvq", "--budget", "2"]),
+                                   "--providers", "eager,lgvq", *scale_timing]),
         ("bench_relation", 15, None if dry else [py, "-m", "bench.relation", *device, "--quick", "--budget", "2"]),
         ("bench_nearest_fp32", 15, [py, "-m", "bench.nearest", *bench, "--dtype", "fp32",
                                     "--providers", "triton,matmul,torch"]),

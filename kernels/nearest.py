@@ -59,46 +59,62 @@ DEFAULT_ARCH = 90
 #: Codebook splits aim at this many resident programs per SM.
 PROGRAMS_PER_SM = 2
 
-#: (BLOCK_N, BLOCK_K, num_warps, num_stages). BLOCK_N ≥ 64 with 4 or 8 warps lets Triton
-#: emit wgmma on Hopper for bf16/fp16 and tf32; the prune keeps the ones that fit.
+#: (BLOCK_N, BLOCK_K, num_warps, num_stages, BIASED). BLOCK_N ≥ 64 with 4 or 8 warps lets
+#: Triton emit wgmma on Hopper for bf16/fp16 and tf32; the prune keeps the ones that fit.
+#: BIASED = 1 is the short epilogue (see the kernel), offered beside the plain one for the
+#: large tiles, where the epilogue is the larger share of the loop; the autotuner picks.
 GPU_TILES = [
-    (128, 128, 8, 3),
-    (128, 128, 8, 2),
-    (128, 64, 4, 3),
-    (64, 128, 4, 3),
-    (256, 64, 8, 3),
-    (64, 64, 4, 4),
-    (64, 64, 4, 2),
+    (128, 128, 8, 3, 0),
+    (128, 128, 8, 2, 0),
+    (128, 64, 4, 3, 0),
+    (64, 128, 4, 3, 0),
+    (256, 64, 8, 3, 0),
+    (64, 64, 4, 4, 0),
+    (64, 64, 4, 2, 0),
+    (128, 128, 8, 3, 1),
+    (128, 128, 8, 2, 1),
+    (128, 64, 4, 3, 1),
 ]
 #: 3xTF32 holds hi and lo parts of the operands in registers: at most 32 accumulators per
 #: thread (BLOCK_N·BLOCK_K / threads), or the tiled loop spills (ptxas, sm_90).
 TF32X3_TILES = [
-    (128, 64, 8, 3),
-    (64, 128, 8, 3),
-    (64, 64, 4, 4),
-    (64, 64, 4, 2),
+    (128, 64, 8, 3, 0),
+    (64, 128, 8, 3, 0),
+    (64, 64, 4, 4, 0),
+    (64, 64, 4, 2, 0),
+    (128, 64, 8, 3, 1),
+]
+#: mma.sync (before sm_90) keeps the 3xTF32 operand fragments in registers too: at most 16
+#: accumulators per thread, or ptxas reaches 255 registers and spills (sm_80).
+TF32X3_MMA_SYNC_TILES = [
+    (64, 64, 8, 3, 0),
+    (64, 64, 8, 2, 0),
+    (64, 32, 4, 3, 0),
 ]
 #: Used only when no tile above fits: the smallest operand tiles, within every limit
 #: above for any d (the tiled loop bounds BLOCK_D).
-FALLBACK = (32, 32, 4, 2)
+FALLBACK = (32, 32, 4, 2, 0)
 #: The interpreter is slow: one small config, no tuning; small tiles make tiny test
 #: shapes cross several code tiles.
-INTERPRET_TILE = (16, 32, 1, 1)
+INTERPRET_TILE = (16, 32, 1, 1, 0)
 
 
 def _config(tile):
-    block_n, block_k, warps, stages = tile
-    return triton.Config({"BLOCK_N": block_n, "BLOCK_K": block_k}, num_warps=warps, num_stages=stages)
+    block_n, block_k, warps, stages, biased = tile
+    return triton.Config({"BLOCK_N": block_n, "BLOCK_K": block_k, "BIASED": biased}, num_warps=warps,
+                         num_stages=stages)
 
 
-def tiles_for(precision: str):
-    return TF32X3_TILES if precision == "tf32x3" else GPU_TILES
+def tiles_for(precision: str, arch: int):
+    if precision != "tf32x3":
+        return GPU_TILES
+    return TF32X3_TILES if arch >= 90 else TF32X3_MMA_SYNC_TILES
 
 
 def _configs():
     if INTERPRET:
         return [_config(INTERPRET_TILE)]
-    return [_config(t) for t in dict.fromkeys(GPU_TILES + TF32X3_TILES)]
+    return [_config(t) for t in dict.fromkeys(GPU_TILES + TF32X3_TILES + TF32X3_MMA_SYNC_TILES)]
 
 
 def padded_d(d: int) -> int:
@@ -149,15 +165,29 @@ def _cuda_shared_memory_limit(index: int) -> int:
     return limit or SHARED_MEMORY_LIMIT.get(props.major * 10 + props.minor, SHARED_MEMORY_LIMIT[80])
 
 
+def device_arch(device: torch.device | None = None) -> int:
+    """Compute capability as an int (90 for sm_90) of a CUDA device, else ``DEFAULT_ARCH``."""
+    if device is not None and device.type == "cuda":
+        return _cuda_arch(device.index if device.index is not None else torch.cuda.current_device())
+    return DEFAULT_ARCH
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_arch(index: int) -> int:
+    major, minor = torch.cuda.get_device_capability(index)
+    return 10 * major + minor
+
+
 def _tile(config):
-    return (config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"], config.num_warps, config.num_stages)
+    return (config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"], config.num_warps, config.num_stages,
+            config.kwargs["BIASED"])
 
 
-def launchable_configs(configs, d: int, elem_size: int, precision: str, limit: int):
-    """The configs listed for ``precision`` that fit ``limit`` for rows of d elements;
-    the fallback when none does."""
+def launchable_configs(configs, d: int, elem_size: int, precision: str, limit: int, arch: int):
+    """The configs listed for ``precision`` on ``arch`` that fit ``limit`` for rows of d
+    elements; the fallback when none does."""
     block_d, single_d = block_d_for(d, elem_size)
-    listed = set(tiles_for(precision))
+    listed = set(tiles_for(precision, arch))
     kept = [
         c for c in configs
         if _tile(c) in listed and shared_memory_bytes(c, block_d, single_d, elem_size, precision) <= limit
@@ -170,7 +200,8 @@ def _prune_configs(configs, named_args, **kwargs):
         return configs
     x = named_args["x_ptr"]
     return launchable_configs(
-        configs, named_args["D"], x.element_size(), kwargs["PRECISION"], shared_memory_limit(x.device)
+        configs, named_args["D"], x.element_size(), kwargs["PRECISION"], shared_memory_limit(x.device),
+        device_arch(x.device),
     )
 
 
@@ -193,7 +224,7 @@ if HAS_TRITON:
         N, K, D, N_BUCKET,
         stride_x, stride_e,
         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-        SINGLE_D: tl.constexpr, PRECISION: tl.constexpr,
+        SINGLE_D: tl.constexpr, PRECISION: tl.constexpr, BIASED: tl.constexpr,
     ):
         pid_n = tl.program_id(0)
         split = tl.program_id(1)
@@ -211,13 +242,19 @@ if HAS_TRITON:
         if SINGLE_D:  # the whole row fits one tile: load x once, reuse it for every code tile
             x_tile = tl.load(x_rows + dims[None, :], mask=row_ok[:, None] & (dims[None, :] < D), other=0.0)
 
-        best = tl.full([BLOCK_N], float("inf"), tl.float32)
+        # BIASED keeps the running maximum of x·e - |e|²/2 (= -score/2), plain the running
+        # minimum of score; the sign flips back at the store.
+        best = tl.full([BLOCK_N], float("-inf") if BIASED else float("inf"), tl.float32)
         best_idx = tl.zeros([BLOCK_N], tl.int32)
         for k0 in range(k_begin, k_end, BLOCK_K):
             codes = k0 + tl.arange(0, BLOCK_K)
             code_ok = codes < k_end
             e_rows = e_ptr + codes.to(tl.int64)[:, None] * stride_e
-            acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+            if BIASED:  # the dot accumulates onto -|e|²/2; codes past the range start at -inf
+                enorm = tl.load(enorm_ptr + codes, mask=code_ok, other=float("inf"))
+                acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32) - 0.5 * enorm[None, :]
+            else:
+                acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
             if SINGLE_D:
                 e_tile = tl.load(e_rows + dims[None, :], mask=code_ok[:, None] & (dims[None, :] < D), other=0.0)
                 acc = tl.dot(x_tile, tl.trans(e_tile), acc, input_precision=PRECISION)
@@ -227,14 +264,20 @@ if HAS_TRITON:
                     x_part = tl.load(x_rows + (d0 + dims)[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
                     e_part = tl.load(e_rows + (d0 + dims)[None, :], mask=code_ok[:, None] & d_ok[None, :], other=0.0)
                     acc = tl.dot(x_part, tl.trans(e_part), acc, input_precision=PRECISION)
-            enorm = tl.load(enorm_ptr + codes, mask=code_ok, other=0.0)
-            score = enorm[None, :] - 2.0 * acc
-            score = tl.where(code_ok[None, :], score, float("inf"))
-            tile_best, tile_arg = tl.min(score, axis=1, return_indices=True)
-            better = tile_best < best  # strict: an earlier tile wins ties
+            if BIASED:
+                tile_best, tile_arg = tl.max(acc, axis=1, return_indices=True)
+                better = tile_best > best  # strict: an earlier tile wins ties
+            else:
+                enorm = tl.load(enorm_ptr + codes, mask=code_ok, other=0.0)
+                score = enorm[None, :] - 2.0 * acc
+                score = tl.where(code_ok[None, :], score, float("inf"))
+                tile_best, tile_arg = tl.min(score, axis=1, return_indices=True)
+                better = tile_best < best  # strict: an earlier tile wins ties
             best = tl.where(better, tile_best, best)
             best_idx = tl.where(better, tile_arg + k0, best_idx)
 
+        if BIASED:
+            best = -2.0 * best
         out = split.to(tl.int64) * N + rows
         tl.store(score_out_ptr + out, best, mask=row_ok)
         tl.store(index_out_ptr + out, best_idx, mask=row_ok)
@@ -254,12 +297,20 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+def _sm_count_of(device: torch.device) -> int | None:
+    """SMs of a CUDA device, None elsewhere (no automatic split)."""
+    if device.type != "cuda":
+        return None
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def _split_grid(n: int, k: int, device: torch.device, num_splits: int | None):
-    """Grid for the chosen config: the split count follows its BLOCK_N and BLOCK_K."""
-    if num_splits is None and device.type == "cuda":
-        sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    else:
-        sms = None
+    """Grid for the chosen config (the split count follows its BLOCK_N and BLOCK_K), the split
+    count as a function of a config, and this launch's own record of the count it launched
+    with: the grid is evaluated for the config that runs, so concurrent searches (threads,
+    streams) never read each other's choice."""
+    sms = _sm_count_of(device) if num_splits is None else None
+    launched = {}
 
     def splits(meta):
         if num_splits is not None:
@@ -267,9 +318,10 @@ def _split_grid(n: int, k: int, device: torch.device, num_splits: int | None):
         return 1 if sms is None else auto_splits(n, k, meta["BLOCK_N"], meta["BLOCK_K"], sms)
 
     def grid(meta):
-        return (triton.cdiv(n, meta["BLOCK_N"]), splits(meta))
+        launched["splits"] = splits(meta)
+        return (triton.cdiv(n, meta["BLOCK_N"]), launched["splits"])
 
-    return grid, splits
+    return grid, splits, launched
 
 
 def argmin_tolerance(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> torch.Tensor:
@@ -278,13 +330,16 @@ def argmin_tolerance(x: torch.Tensor, codebook: torch.Tensor, precision: str) ->
 
     Both compared scores ``|e|^2 - 2 x·e`` carry an fp32 dot-product error of at most
     ``(d + 2)·u`` times that magnitude, with u the unit roundoff of the products'
-    inputs: 2^-24 for fp16/bf16 (exact products, fp32 sums; measured against the rounded
-    inputs), 2^-10 for TF32 (operands may be truncated, not rounded, to 10 mantissa bits)
-    and 2^-18 for 3xTF32 (the three products drop the lo·lo term and truncate both lo
-    parts: about 3·2^-20 per product); ``"ieee"`` (what the launcher passes for 16-bit
-    inputs, and how the CPU interpreter computes every dot) is 2^-24.
+    inputs: 2^-23 for fp16/bf16 (exact products summed in fp32 on tensor cores, which
+    truncate rather than round: one ulp, not half; measured against the rounded inputs),
+    2^-10 for TF32 (operands may be truncated, not rounded, to 10 mantissa bits) and 2^-18
+    for 3xTF32 (the three products drop the lo·lo term and truncate both lo parts: about
+    3·2^-20 per product); ``"ieee"`` fp32 (how the CPU interpreter computes every dot) is 2^-24.
     """
-    unit = {"tf32": 2.0**-10, "tf32x3": 2.0**-18, "ieee": 2.0**-24}[precision] if x.dtype == torch.float32 else 2.0**-24
+    if x.dtype == torch.float32:
+        unit = {"tf32": 2.0**-10, "tf32x3": 2.0**-18, "ieee": 2.0**-24}[precision]
+    else:
+        unit = 2.0**-23
     x64, e64 = x.double(), codebook.double()
     e_norm = e64.norm(dim=1).max()
     return 2 * (x.shape[1] + 2) * unit * (e_norm**2 + 2 * x64.norm(dim=1) * e_norm)
@@ -307,7 +362,7 @@ def nearest_code_search(
         codebook = torch.nn.functional.pad(codebook, (0, padded_d(d) - d))
         d = padded_d(d)
     block_d, single_d = block_d_for(d, x.element_size())
-    grid, splits = _split_grid(n, k, x.device, num_splits)
+    grid, splits, launched = _split_grid(n, k, x.device, num_splits)
     # One row per split for the smallest tiles, the most splits any config can ask for.
     max_splits = max(splits(c.all_kwargs()) for c in _nearest_kernel.configs + [_config(FALLBACK)])
     scores = torch.empty((max_splits, n), device=x.device, dtype=torch.float32)
@@ -319,7 +374,7 @@ def nearest_code_search(
         x.stride(0), codebook.stride(0),
         BLOCK_D=block_d, SINGLE_D=single_d, PRECISION=precision,
     )
-    used = splits(_nearest_kernel.best_config.all_kwargs())  # the config this launch ran
+    used = launched["splits"]  # the last grid evaluated is the launched config's
     if used == 1:
         return scores[0], indices[0].long()
     best, split = scores[:used].min(dim=0)  # first minimum: the lowest split, so the lowest index
