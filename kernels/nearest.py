@@ -1,37 +1,44 @@
 """Fused nearest-code search: distance + running argmin, the N×K matrix never written.
 
-Each program owns BLOCK_N rows of x and streams its slice of the codebook in BLOCK_K
-tiles. Per tile it computes ``score = |e|^2 - 2 x·e`` (x's own norm is constant per row,
-so it does not change the argmin and is added back by the caller) with a tiled ``tl.dot``
-accumulating in fp32, and folds the tile into a running (min, argmin).
-
-When N is small the row blocks alone cannot fill the GPU, so the codebook is split
-across a second grid axis: every split writes its own (score, index) per row and the
-launcher reduces over splits (a two-stage reduction over an (S, N) buffer, S small).
+Math: for each row x, ``argmin_k |x - e_k|^2 = argmin_k score_k`` with
+``score_k = |e_k|^2 - 2 x·e_k`` (x's own norm is constant per row, so it does not change the
+argmin and is added back by the caller); equivalently ``argmax_k (x·e_k - |e_k|^2 / 2)``.
 Ties resolve to the lowest code index at every stage, matching ``torch.argmin``.
-
-Two loop shapes (``SINGLE_D``): when a padded row takes at most ``MAX_SINGLE_D_BYTES``
-(fp32 d ≤ 128, fp16/bf16 d ≤ 256), the x tile is loaded once and stays in shared memory
-for every code tile, and the code loop is the software-pipelined one. Wider rows are cut
-into ``TILED_BLOCK_D`` slices and the d loop is the pipelined one; its prologue restarts
-for every code tile, amortised over at least 4 (fp32) or 5 (16-bit) d steps. The per-tile
-argmin epilogue (a few CUDA-core operations per score) is not overlapped with the next
-tile's tensor-core dot; at d ≤ 64 it may cost as much as the dot. Hiding it needs a
-warp-specialised (ping-pong) schedule, which this kernel does not have. Neither cost has
-been measured on a GPU yet.
+``argmin_tolerance`` bounds how far from the exact (fp64) optimum the chosen code may be.
 
 Precision (``fp32_dot_precision``): fp16/bf16 products are exact in the fp32 accumulator.
 fp32 inputs use 3xTF32 (``"tf32x3"``: tensor cores, about fp32 accuracy) while torch's
 ``float32_matmul_precision`` is ``"highest"`` and TF32 once the user allows it. Plain
 IEEE fp32 FMA dots are never chosen: on sm_90 they reach 255 registers and spill, and take
-tens of seconds to compile per config. ``argmin_tolerance`` states how far from the exact
-(fp64) optimum the chosen code may be.
+tens of seconds to compile per config.
+
+Tiling: each program owns BLOCK_N rows of x and streams its slice of the codebook in BLOCK_K
+tiles, computing the tile's dot products with ``tl.dot`` (fp32 accumulator) and folding the
+tile into a running best per row. Two epilogues, both autotune candidates (``BIASED``):
+the plain one computes ``score = |e|^2 - 2·acc`` per element, masks codes past the range and
+keeps a running (min, argmin); the short one starts the accumulator at ``-|e|^2 / 2`` (codes
+past the range at -inf), so the dot itself yields ``x·e - |e|^2 / 2`` and the epilogue is a
+running (max, argmax) alone, turned back into a score at the store.
+
+When N is small the row blocks alone cannot fill the GPU, so the codebook is split across a
+second grid axis: every split writes its own (score, index) per row and the launcher reduces
+over splits (a two-stage reduction over an (S, N) buffer, S small), reading the split count
+its own launch ran with.
+
+Two loop shapes (``SINGLE_D``): when a padded row takes at most ``MAX_SINGLE_D_BYTES``
+(fp32 d ≤ 128, fp16/bf16 d ≤ 256), the x tile is loaded once and stays in shared memory
+for every code tile, and the code loop is the software-pipelined one. Wider rows are cut
+into ``TILED_BLOCK_D`` slices and the d loop is the pipelined one; its prologue restarts
+for every code tile, amortised over at least 4 (fp32) or 5 (16-bit) d steps. The argmin
+epilogue runs on the CUDA cores after each tile's dot; the compile gate reports each
+variant's loop instruction mix (MMAs, waits, copies, the rest).
 
 Resources: every autotune config is pruned by the shared memory it needs
-(``shared_memory_bytes``) against the device's real per-block limit; when none fits, the
-smallest tile (``FALLBACK``), which fits every d, is used. ``bench/compile_check.py``
-compiles every config the launcher can choose for sm_90 and sm_80 and checks this model
-against ptxas.
+(``shared_memory_bytes``) against the device's real per-block limit, and by architecture
+(3xTF32 on mma.sync, before sm_90, gets tiles of 16 accumulators per thread); when none
+fits, the smallest tile (``FALLBACK``), which fits every d, is used.
+``bench/compile_check.py`` compiles every config the launcher can choose for sm_90 and sm_80
+and checks this model against ptxas.
 """
 
 from __future__ import annotations
