@@ -298,7 +298,11 @@ class Sweep:
                     idx, dist = nearest_code(x, e, backend="triton")
                     self.sync()
                     rec["first_call_s"] = round(time.perf_counter() - t0, 2)
-                    rec["config"] = str(getattr(knear._nearest_kernel, "best_config", None))
+                    # What the autotuner picked, and every candidate's time in its last search
+                    # (plain vs short epilogue, tile sizes): the sweep runs one search at a time.
+                    tuner = knear._nearest_kernel
+                    rec["config"] = str(getattr(tuner, "best_config", None))
+                    rec["candidates_ms"] = {str(c): t for c, t in (getattr(tuner, "configs_timings", None) or {}).items()}
                     ref_idx, _ = nearest_code(x, e, backend="torch")
                     rec["agree_vs_torch"] = (idx == ref_idx).float().mean().item()
                     again = nearest_code(x, e, backend="triton")

@@ -91,12 +91,13 @@ TF32X3_TILES = [
     (64, 64, 4, 2, 0),
     (128, 64, 8, 3, 1),
 ]
-#: mma.sync (before sm_90) keeps the 3xTF32 operand fragments in registers too: at most 16
-#: accumulators per thread, or ptxas reaches 255 registers and spills (sm_80).
+#: mma.sync (before sm_90) keeps the 3xTF32 operand fragments in registers too: 32-wide code
+#: tiles (16 accumulators per thread) stay within 255 registers on sm_80, 64-wide ones spill
+#: 250-12,000 B even with 8 warps (ptxas).
 TF32X3_MMA_SYNC_TILES = [
-    (64, 64, 8, 3, 0),
-    (64, 64, 8, 2, 0),
+    (128, 32, 8, 3, 0),
     (64, 32, 4, 3, 0),
+    (64, 32, 4, 2, 0),
 ]
 #: Used only when no tile above fits: the smallest operand tiles, within every limit
 #: above for any d (the tiled loop bounds BLOCK_D).

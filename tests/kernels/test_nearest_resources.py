@@ -92,11 +92,12 @@ def test_autotune_key_buckets_n():
 
 def test_3xtf32_before_hopper_uses_tiles_with_16_accumulators_per_thread():
     """mma.sync keeps the hi/lo operand fragments in registers: 32 accumulators per thread
-    reach 255 registers and spill on sm_80 (ptxas), 16 do not; Hopper keeps its larger tiles."""
+    (and 64-wide code tiles) reach 255 registers and spill on sm_80 (ptxas), 32-wide code tiles
+    do not; Hopper keeps its larger tiles."""
     for d in (8, 64, 256, 1024):
         for config in kept(d, 4, "tf32x3", arch=80):
             per_thread = config.kwargs["BLOCK_N"] * config.kwargs["BLOCK_K"] // (32 * config.num_warps)
-            assert per_thread <= 16, (d, nearest._tile(config))
+            assert per_thread <= 16 and config.kwargs["BLOCK_K"] <= 32, (d, nearest._tile(config))
     assert any(c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] // (32 * c.num_warps) == 32 for c in kept(64, 4, "tf32x3"))
 
 
