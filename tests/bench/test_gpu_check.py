@@ -80,8 +80,9 @@ def test_tests_needing_minilm_skip_when_the_image_lacks_it(tmp_path):
 @pytest.mark.triton
 def test_dry_check_runs_end_to_end_in_the_emulated_image(tmp_path):
     """Every step on the CPU (interpreter, tiny shapes) from a relative OUT, with the image's
-    package set: all but the skipped relation benchmark end with status 0, and OUT holds
-    the summary and the archive only."""
+    package set: the checks end with status 0, no step fails (a benchmark may reach its limit
+    on a busy CPU: that is recorded, not an error of the script), and OUT holds the summary
+    and the archive only."""
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, "-m", "bench.gpu_check", "out", "--dry"], cwd=tmp_path,
                             env=image_env(tmp_path), capture_output=True, text=True, timeout=3000)
@@ -90,8 +91,11 @@ def test_dry_check_runs_end_to_end_in_the_emulated_image(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [gpu_check.SUMMARY, gpu_check.ARCHIVE]
     summary = (out / gpu_check.SUMMARY).read_text()
     steps = [name for name, _, _ in gpu_check.plan_steps(sys.executable, tmp_path, dry=True)]
+    for name in ("env", "overflow", "pytest_gpu", "sweep"):
+        assert f"{name}: rc=0" in summary, summary
     for name in steps:
-        assert f"{name}: rc=0" in summary or name == "bench_relation", summary
+        ended = [line for line in summary.splitlines() if line.startswith(f"{name}: ")]
+        assert len(ended) == 1 and ("rc=0" in ended[0] or "TIMED OUT" in ended[0] or name == "bench_relation"), summary
     with tarfile.open(out / gpu_check.ARCHIVE) as tar:
         names = set(tar.getnames())
         records = [json.loads(line) for line in tar.extractfile("gpu_check/sweep.jsonl").read().decode().splitlines()]
