@@ -4,6 +4,7 @@ seconds once its per-variant cache holds the current kernel sources)."""
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -73,6 +74,9 @@ def test_compile_gate_sm90_ci_subset(tmp_path):
         assert f"| {kernel} |" in text, kernel
     assert "SINGLE_D=True" in text and "SINGLE_D=False" in text  # both loop shapes
     assert "| wgmma |" in text
+    # the nearest rows carry their loop mix, for both epilogues
+    for biased in (0, 1):
+        assert re.search(rf"\| _nearest_kernel \|.* BIASED={biased} \|.*\| wgmma \| \d+ \| \d+ \| \d+ \| \d+ \| \d+ \| (yes|no) \|", text)
 
 
 SYNTHETIC_PTX = """
