@@ -22,6 +22,8 @@ from lgvq.quantize import VectorQuantizer
 from lgvq.text import BertLikeEncoder
 from lgvq.text.local_files import default_minilm_dir
 
+pytestmark = pytest.mark.minilm  # the tiny encoder borrows MiniLM's vocabulary
+
 CAPTIONS = ["a red circle left of a blue square", "a green triangle"]
 
 

@@ -190,6 +190,7 @@ def test_quantizer_training_steps_make_no_sync(name):
 
 # ---- language guidance and a whole guided training step ----------------------------------------
 
+@pytest.mark.minilm
 def test_language_guidance_makes_no_sync(text_encoder):
     guidance = LanguageGuidance(8, 2, text_encoder)
     z_q = torch.randn(4, 8, 2, 2, requires_grad=True)
@@ -212,6 +213,7 @@ def guided_run(tmp_path, device="cpu"):
     return run, make_optimizers(run)
 
 
+@pytest.mark.minilm
 def test_guided_train_step_makes_no_sync(tmp_path):
     run, optimizers = guided_run(tmp_path)
     images = torch.rand(2, 3, 32, 32) * 2 - 1
@@ -246,6 +248,7 @@ def test_gpu_quantizer_training_steps_make_no_sync(name):
 
 
 @pytest.mark.gpu
+@pytest.mark.minilm
 def test_gpu_guided_train_step_makes_no_sync(tmp_path):
     run, optimizers = guided_run(tmp_path, "cuda")
     images = torch.rand(2, 3, 32, 32, device="cuda") * 2 - 1
