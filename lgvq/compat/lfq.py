@@ -15,10 +15,9 @@ positions ``mask`` keeps. The output is straight-through: value q, gradient iden
 
 What changes is the work: the peer builds the (N, 2^b) logits and probabilities (it stores the
 (2^b, b) codebook, too); here ``lgvq.ops.softmax.lfq_softmax_sums`` generates code tiles from
-their index bits and streams them, so 2^18 codes need O(N + 2^b) memory, and the entropy is exact.
-(Open-MAGVIT2's earlier LFQ and MAGVIT-2 setups factorise the 2^18 codes into two 2^9 halves for
-the entropy; this never factorises: ``token_factorization`` splits only the indices, as in the
-peer.)
+their index bits and streams them, so 2^18 codes need O(N + 2^b) memory (the peer: 1 MiB of fp32 logits per row, and as much
+again per probability tensor). The entropy is always over all 2^b codes, as in the peer:
+``token_factorization`` splits only the indices.
 
 Arguments the peer accepts and ignores, and so does this: ``forward``'s ``inv_temperature``
 (the entropy's temperature is fixed at 0.01), and ``mask`` for the entropy loss (it masks the
