@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import lgvq
+from lgvq.compat import LFQ, IndexPropagationQuantize
 from lgvq.checks import strict_mode
 from lgvq.config import load_config
 from lgvq.guidance import LanguageGuidance
@@ -164,6 +165,9 @@ QUANTIZERS = {
     "cvq-probrandom": lambda: ClusteredVectorQuantizer(32, 8, contrastive=True),
     "cvq-closest": lambda: ClusteredVectorQuantizer(32, 8, anchor="closest", first_batch_only=True),
     "cvq-random": lambda: ClusteredVectorQuantizer(32, 8, anchor="random", dead_code_threshold=0.5),
+    "vq+llamagen-entropy": lambda: VectorQuantizer(32, 8, entropy_loss_ratio=0.1, track_usage=True),
+    "ibq+entropy": lambda: IndexPropagationQuantize(32, 8, use_entropy_loss=True, track_usage=True),
+    "lfq": lambda: LFQ(dim=8, codebook_size=256, track_usage=True),
 }
 
 
@@ -172,7 +176,8 @@ def _quantizer_steps(q, device="cpu"):
     z_last = torch.randn(2, 4, 4, 8, device=device, requires_grad=True)
 
     def run():
-        z_q, loss, _ = q(z)  # the taming face
+        z_q, loss, _ = q(z)  # the taming face (the peer's, for IBQ and LFQ)
+        loss = sum(loss) if isinstance(loss, tuple) else loss  # IBQ's entropy terms
         (z_q.square().mean() + loss).backward()
         out = q.quantize(z_last)  # the modern face
         (out.z_q.square().mean() + out.loss).backward()
