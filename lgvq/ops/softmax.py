@@ -434,10 +434,19 @@ def _logit_terms(z, codebook, metric: str, temperature: float):
     return flat, codebook, None, 1.0 / temperature
 
 
-def _resolve(backend: str, z, codebook) -> str:
-    backend = resolve_backend(backend, z, codebook)
-    if backend == "triton" and torch.float64 in (z.dtype, codebook.dtype):
+def _resolve(requested: str, z, *others) -> str:
+    """The backend for z (..., d): ``auto`` keeps rows wider than the kernels' ``MAX_D`` on torch."""
+    backend = resolve_backend(requested, z, *others)
+    if backend != "triton":
+        return backend
+    if any(t.dtype == torch.float64 for t in (z, *others)):
         raise TypeError("float64 inputs are supported by backend='torch' only")
+    from lgvq.kernels.softmax import MAX_D
+
+    if z.shape[-1] > MAX_D:
+        if requested == "auto":
+            return "torch"
+        raise ValueError(f"backend='triton' takes z with at most {MAX_D} features (last axis), got {z.shape[-1]}")
     return backend
 
 
@@ -496,9 +505,7 @@ def lfq_softmax_sums(
     if bits > MAX_LFQ_BITS:
         raise ValueError(f"x's last axis is the number of bits b (2^b codes); at most {MAX_LFQ_BITS}, got {bits}")
     check_finite_if_strict("x", x)
-    backend = resolve_backend(backend, x)
-    if backend == "triton" and x.dtype == torch.float64:
-        raise TypeError("float64 inputs are supported by backend='torch' only")
+    backend = _resolve(backend, x)
     entropy_sum, sums, _ = softmax_entropy_sums(x.reshape(-1, bits), None, None, 2.0 / temperature, backend)
     return entropy_sum, sums
 

@@ -259,3 +259,60 @@ def test_compiles_fullgraph():
 def test_bad_input_is_rejected(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call()
+
+
+# ---------------------------------------------------------------- Triton kernels (interpreter on CPU)
+
+
+def _both_backends(fn, *inputs, weights):
+    return [grads(lambda *a: fn(*a, backend=b), *inputs, weights=weights) for b in ("triton", "torch")]
+
+
+def _assert_same(got, want, rtol):
+    (out, out_g), (ref, ref_g) = got, want
+    for g, w in zip(list(out) + list(out_g), list(ref) + list(ref_g)):
+        assert_close(g, w, rtol)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("metric", ["dot", "cos", "l2"])
+@pytest.mark.parametrize("n,k,d", [(1, 5, 3), (20, 45, 17), (33, 70, 40)])
+def test_triton_ibq_matches_torch(n, k, d, metric, device):
+    z, codebook = torch.randn(n, d, device=device), torch.randn(k, d, device=device)
+    weights = [torch.randn(n, d, device=device)]
+    got, want = _both_backends(lambda a, b, backend: index_backprop_quantize(a, b, metric=metric, backend=backend)[:1],
+                               z, codebook, weights=weights)
+    _assert_same(got, want, 1e-4)
+    idx = index_backprop_quantize(z, codebook, metric=metric, backend="triton")[1]
+    assert torch.equal(idx, index_backprop_quantize(z, codebook, metric=metric, backend="torch")[1])
+
+
+@pytest.mark.triton
+def test_triton_ibq_ties_pick_lowest_index(device):
+    codebook = torch.randint(-3, 4, (40, 6), device=device).float()
+    codebook[33] = codebook[2]  # a later code tile (the interpreter's hold 16 codes)
+    codebook[3] = codebook[2]  # the same tile
+    z = torch.stack([codebook[2], torch.zeros(6, device=device)])  # the last: every logit ties
+    _, idx = index_backprop_quantize(z, codebook, backend="triton")
+    assert idx.tolist() == [2, 0]
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("metric,temperature", [("dot", 0.01), ("l2", 0.01), ("cos", 1.0), ("dot", 50.0)])
+@pytest.mark.parametrize("n,k,d", [(1, 5, 3), (20, 45, 17)])
+def test_triton_codebook_entropy_matches_torch(n, k, d, metric, temperature, device):
+    z, codebook = 0.3 * torch.randn(n, d, device=device), 0.3 * torch.randn(k, d, device=device)
+    weights = [torch.randn((), device=device), torch.randn((), device=device)]
+    got, want = _both_backends(
+        lambda a, b, backend: codebook_entropy(a, b, metric=metric, temperature=temperature, backend=backend),
+        z, codebook, weights=weights)
+    _assert_same(got, want, 1e-4)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("n,bits", [(1, 3), (19, 6)])
+def test_triton_lfq_entropy_matches_torch(n, bits, device):
+    x = 0.05 * torch.randn(n, 2, bits, device=device).transpose(0, 1)  # non-contiguous rows
+    weights = [torch.randn((), device=device), torch.randn((), device=device)]
+    got, want = _both_backends(lambda a, backend: lfq_entropy(a, backend=backend), x, weights=weights)
+    _assert_same(got, want, 1e-4)
