@@ -19,8 +19,9 @@ the entropy's is ``γ_k - η·log p``. LFQ's codes (``LFQ``) are made in registe
 code indices' bits: coordinate j of code k is ``2·((k >> j) & 1) - 1``.
 
 Row length: the whole padded row is one tile (``BLOCK_D`` = next power of two ≥ 16), so the
-Triton path takes d ≤ ``MAX_D``; the accumulators (BLOCK_N × BLOCK_D, fp32) then fit the
-registers with the tiles of ``TILES``. Products: 16-bit operands are exact in the fp32
+Triton path takes d ≤ ``MAX_D`` (256 for 16-bit operands, 64 for fp32); the accumulators
+(BLOCK_N × BLOCK_D, fp32) then fit the registers with the tiles of ``TILES``. Wider rows
+stay on the torch path (``backend="auto"``). Products: 16-bit operands are exact in the fp32
 accumulators; fp32 operands use ``fp32_dot_precision`` (3xTF32 or TF32); p and D enter their
 dots in the inputs' dtype (as in flash attention).
 """
@@ -35,10 +36,16 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-#: Widest row the kernels hold whole.
-MAX_D = 256
-#: BLOCK_D → (BLOCK_N, BLOCK_K, num_warps, num_stages); checked by bench/compile_check.py.
-TILES = {16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (64, 64, 4, 2), 128: (64, 32, 8, 2), 256: (32, 32, 8, 1)}
+#: Widest row the kernels hold whole, by operand size in bytes: fp32 operands split into
+#: 3xTF32 hi/lo parts need twice the registers (wider fp32 rows spilled in the compile gate).
+MAX_D = {2: 256, 4: 64}
+#: (operand bytes, BLOCK_D) → (BLOCK_N, BLOCK_K, num_warps, num_stages); checked by
+#: bench/compile_check.py (fp32 at 64 × 64 tiles spilled there).
+TILES = {
+    (2, 16): (64, 64, 4, 2), (2, 32): (64, 64, 4, 2), (2, 64): (64, 64, 4, 2),
+    (2, 128): (64, 32, 8, 2), (2, 256): (32, 32, 8, 1),
+    (4, 16): (32, 32, 4, 2), (4, 32): (32, 32, 4, 2), (4, 64): (32, 32, 4, 2),
+}
 #: The interpreter: the smallest tiles ``tl.dot`` takes, so tiny test shapes cross several.
 INTERPRET_TILE = (16, 16, 1, 1)
 
@@ -47,8 +54,13 @@ def block_d_for(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
 
 
-def tile_for(d: int):
-    return INTERPRET_TILE if INTERPRET else TILES[block_d_for(d)]
+def max_d(dtype: torch.dtype) -> int:
+    """Widest row the kernels take for operands of ``dtype``."""
+    return MAX_D[torch.tensor([], dtype=dtype).element_size()]
+
+
+def tile_for(d: int, elem_size: int):
+    return INTERPRET_TILE if INTERPRET else TILES[(elem_size, block_d_for(d))]
 
 
 if HAS_TRITON:
@@ -232,9 +244,10 @@ def _prepare(z: torch.Tensor, codebook: torch.Tensor | None, bias: torch.Tensor 
 def _common(z, codebook, lfq: bool, has_bias: bool):
     n, d = z.shape
     k = 2**d if lfq else codebook.shape[0]
-    if d > MAX_D:
-        raise ValueError(f"the Triton codebook softmax takes rows of at most {MAX_D} elements, got d = {d}")
-    block_n, block_k, warps, stages = tile_for(d)
+    if d > max_d(z.dtype):
+        raise ValueError(f"the Triton codebook softmax takes {z.dtype} rows of at most {max_d(z.dtype)} elements, "
+                         f"got d = {d}")
+    block_n, block_k, warps, stages = tile_for(d, z.element_size())
     precision = fp32_dot_precision() if z.dtype == torch.float32 else "ieee"
     meta = dict(BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d_for(d), PRECISION=precision,
                 num_warps=warps, num_stages=stages)

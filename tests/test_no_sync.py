@@ -24,7 +24,15 @@ from lgvq.compat import LFQ, IndexPropagationQuantize
 from lgvq.checks import strict_mode
 from lgvq.config import load_config
 from lgvq.guidance import LanguageGuidance
-from lgvq.ops import code_counts_and_sums, nearest_code, relation_alignment_loss, vector_quantize
+from lgvq.ops import (
+    code_counts_and_sums,
+    codebook_entropy,
+    index_backprop_quantize,
+    lfq_entropy,
+    nearest_code,
+    relation_alignment_loss,
+    vector_quantize,
+)
 from lgvq.quantize import ClusteredVectorQuantizer, VectorQuantizer
 from lgvq.text import load_text_encoder
 from lgvq.train import build_run, make_optimizers, train_step
@@ -134,6 +142,10 @@ def _op_calls(device="cpu", backend="torch"):
         (z_q.sum() + loss).backward()
         code_counts_and_sums(z.detach(), idx, 16, backend=backend)
         relation_alignment_loss(words, mask, tokens, codes, backend=backend).backward()
+        z_q, _ = index_backprop_quantize(z, codebook, backend=backend)
+        sample_entropy, avg_entropy = codebook_entropy(z, codebook, metric="l2", backend=backend)
+        lfq_sample, lfq_avg = lfq_entropy(z[..., :4], backend=backend)
+        (z_q.sum() + sample_entropy - avg_entropy + lfq_sample - lfq_avg).backward()
 
     return run
 

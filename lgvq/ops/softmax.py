@@ -435,18 +435,20 @@ def _logit_terms(z, codebook, metric: str, temperature: float):
 
 
 def _resolve(requested: str, z, *others) -> str:
-    """The backend for z (..., d): ``auto`` keeps rows wider than the kernels' ``MAX_D`` on torch."""
+    """The backend for z (..., d): ``auto`` keeps rows wider than the kernels take on torch."""
     backend = resolve_backend(requested, z, *others)
     if backend != "triton":
         return backend
     if any(t.dtype == torch.float64 for t in (z, *others)):
         raise TypeError("float64 inputs are supported by backend='torch' only")
-    from lgvq.kernels.softmax import MAX_D
+    from lgvq.kernels.softmax import max_d
 
-    if z.shape[-1] > MAX_D:
+    widest = max_d(torch.promote_types(z.dtype, others[0].dtype) if others else z.dtype)
+    if z.shape[-1] > widest:
         if requested == "auto":
             return "torch"
-        raise ValueError(f"backend='triton' takes z with at most {MAX_D} features (last axis), got {z.shape[-1]}")
+        raise ValueError(f"backend='triton' takes {z.dtype} z with at most {widest} features (last axis), "
+                         f"got {z.shape[-1]}")
     return backend
 
 
