@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from lgvq.checks import check_choice, check_finite_if_strict, check_positive, check_same_device, check_tensor
 from lgvq.ops.backend import resolve_backend
 from lgvq.ops.cpu import run_blocks
+from lgvq.ops.nearest import CPU_ARGMIN_CHUNK, _row_min
 
 METRICS = ("dot", "cos", "l2")
 #: MAGVIT-2's eps inside the codebook entropy's log.
@@ -80,9 +81,9 @@ class _Logits:
 
     def __init__(self, z, codebook, bias, scale: float):
         dtype = _acc_dtype(z, codebook, bias)
-        self.z = z.to(dtype)
-        self.codebook = None if codebook is None else codebook.to(dtype)
-        self.bias = None if bias is None else bias.to(dtype)
+        self.z = z.detach().to(dtype)  # the passes' gradients are explicit: no graph
+        self.codebook = None if codebook is None else codebook.detach().to(dtype)
+        self.bias = None if bias is None else bias.detach().to(dtype)
         self.scale = scale
         self.n, self.d = z.shape
         self.k = 2 ** self.d if codebook is None else codebook.shape[0]
@@ -122,6 +123,16 @@ def _run(work, count: int, device) -> None:
         work(iter(range(count)))
 
 
+def _row_max(tile: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(max, first argmax) of each row, through nearest's chunked argmin (torch's CPU
+    ``max(dim)`` is not vectorised: it cost about as much as the tile's GEMM)."""
+    rows = tile.shape[0]
+    neg_max = torch.empty(rows, dtype=tile.dtype, device=tile.device)
+    idx = torch.empty(rows, dtype=torch.int64, device=tile.device)
+    _row_min(tile.neg(), neg_max, idx, chunk)
+    return neg_max.neg_(), idx
+
+
 def _forward_rows(lg: _Logits, *, attend: bool, entropy: bool):
     """Row-owned forward pass: (lse, argmax, attention output s or None, per-row entropy or None)."""
     dtype, device = lg.z.dtype, lg.z.device
@@ -129,6 +140,7 @@ def _forward_rows(lg: _Logits, *, attend: bool, entropy: bool):
     idx = torch.empty(lg.n, dtype=torch.int64, device=device)
     soft = torch.empty(lg.n, lg.d, dtype=dtype, device=device) if attend else None
     ent = torch.empty(lg.n, dtype=dtype, device=device) if entropy else None
+    chunk = CPU_ARGMIN_CHUNK if device.type == "cpu" else 1
 
     def work(blocks):
         for block in blocks:
@@ -143,9 +155,12 @@ def _forward_rows(lg: _Logits, *, attend: bool, entropy: bool):
             for c0, c1 in lg.code_spans():
                 codes = lg.codes(c0, c1)
                 logits = lg.tile(r0, r1, c0, c1, codes)
-                tile_max, tile_arg = logits.max(dim=1)
-                better = tile_max > m  # strict: an earlier tile keeps a tie
-                best_idx = torch.where(better, tile_arg + c0, best_idx)
+                if attend:
+                    tile_max, tile_arg = _row_max(logits, chunk)
+                    better = tile_max > m  # strict: an earlier tile keeps a tie
+                    best_idx = torch.where(better, tile_arg + c0, best_idx)
+                else:
+                    tile_max = logits.amax(dim=1)
                 m_new = torch.maximum(m, tile_max)
                 alpha = torch.exp(m - m_new)
                 logits.sub_(m_new.unsqueeze(1))
