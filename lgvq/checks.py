@@ -20,6 +20,7 @@ checks unconditionally.
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 from typing import Iterable
 
@@ -114,7 +115,17 @@ def check_choice(name: str, value, choices: Iterable) -> None:
 
 
 def check_positive(name: str, value, *, allow_zero: bool = False) -> None:
-    ok = value >= 0 if allow_zero else value > 0
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
+    """A real number (not a bool, a string or None) > 0, or >= 0 with ``allow_zero``."""
+    bound = ">= 0" if allow_zero else "> 0"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number {bound}, got {value!r}")
+    if not (value >= 0 if allow_zero else value > 0):  # `not`: NaN fails both bounds
         raise ValueError(f"{name} must be {bound}, got {value!r}")
+
+
+def check_count(name: str, value, *, minimum: int = 1) -> None:
+    """An integer (``int`` or numpy's, not a bool or a whole float) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
