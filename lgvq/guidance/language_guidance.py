@@ -22,7 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lgvq.checks import check_choice, check_count, check_finite_if_strict, check_positive, check_tensor
+from lgvq.checks import (
+    check_choice,
+    check_count,
+    check_finite_if_strict,
+    check_instance,
+    check_positive,
+    check_same_device,
+    check_tensor,
+)
 from lgvq.guidance.semantic import (
     MaskedTextPredictor,
     global_semantic_alignment_loss,
@@ -137,9 +145,10 @@ class LanguageGuidance(nn.Module):
 
     # ---- inputs ------------------------------------------------------------------------
 
-    def _flatten_codes(self, z_q: torch.Tensor, channels_last: bool) -> torch.Tensor:
-        check_tensor("z_q", z_q, min_ndim=3, finite=False)
-        check_finite_if_strict("z_q", z_q)  # NaN named here, not as a derived tensor deep in Lras
+    def _flatten_codes(self, z_q: torch.Tensor, channels_last: bool, name: str = "z_q") -> torch.Tensor:
+        check_tensor(name, z_q, min_ndim=3, finite=False)
+        check_same_device(**{name: z_q, "the guidance's parameters": self.relation_head[0].weight})
+        check_finite_if_strict(name, z_q)  # NaN named here, not as a derived tensor deep in Lras
         if z_q.dim() == 3:  # (B, hw, C) token sequence
             tokens = z_q
         else:
@@ -147,7 +156,7 @@ class LanguageGuidance(nn.Module):
         if tokens.shape[-1] != self.code_dim:
             layout = "(B, h, w, C)" if channels_last else "(B, C, h, w)"
             raise ValueError(
-                f"z_q must be {layout} or (B, hw, C) with C={self.code_dim}, got shape {tuple(z_q.shape)}"
+                f"{name} must be {layout} or (B, hw, C) with C={self.code_dim}, got shape {tuple(z_q.shape)}"
             )
         return tokens.to(self.relation_head[0].weight.dtype)  # e.g. float64 z_q meets the heads' float32
 
@@ -182,6 +191,10 @@ class LanguageGuidance(nn.Module):
         entries ``codebook[indices]`` themselves (the release routes it into z_q).
         """
         codes = self._flatten_codes(z_q, channels_last)
+        if ras_codes is not None and (not isinstance(ras_codes, torch.Tensor) or ras_codes.shape != z_q.shape):
+            got = tuple(ras_codes.shape) if isinstance(ras_codes, torch.Tensor) else type(ras_codes).__name__
+            raise ValueError(f"ras_codes must be None or have z_q's shape {tuple(z_q.shape)}, got {got}")
+        check_instance("generator", generator, torch.Generator, "a torch.Generator", optional=True)
         text = self.encode_text(captions)
         if text.words.shape[0] != codes.shape[0]:
             raise ValueError(f"got {text.words.shape[0]} captions for a batch of {codes.shape[0]} code grids")
@@ -189,7 +202,8 @@ class LanguageGuidance(nn.Module):
 
         gsa = global_semantic_alignment_loss(self.sentence_proj(tokens[:, 0]), text.sentence, self.temperature)
         mtp = self._masked_text_loss(text, tokens, generator)
-        ras = self._relation_loss(text, tokens, codes if ras_codes is None else self._flatten_codes(ras_codes, channels_last))
+        relation_codes = codes if ras_codes is None else self._flatten_codes(ras_codes, channels_last, "ras_codes")
+        ras = self._relation_loss(text, tokens, relation_codes)
         w_gsa, w_mtp, w_ras = self.weights
         return GuidanceOutput(loss=w_gsa * gsa + w_mtp * mtp + w_ras * ras, gsa=gsa, mtp=mtp, ras=ras)
 
@@ -226,7 +240,8 @@ class LanguageGuidance(nn.Module):
     def masked_word_recall(self, z_q, captions, num_masked: int = 1, *, channels_last: bool = False,
                            generator: torch.Generator | None = None) -> tuple[int, int]:
         """(correct, total) top-1 predictions of ``num_masked`` random words per caption, leak-free."""
-        check_positive("num_masked", num_masked)
+        check_count("num_masked", num_masked)
+        check_instance("generator", generator, torch.Generator, "a torch.Generator", optional=True)
         text = self.encode_text(captions)
         visual_tokens = self.visual(self._flatten_codes(z_q, channels_last))
         mask = mask_k_words(text.tokens, num_masked, generator)

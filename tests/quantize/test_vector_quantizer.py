@@ -184,7 +184,7 @@ def test_bad_calls(call, err, msg):
 @pytest.mark.parametrize(
     "kwargs,msg",
     [
-        (dict(n_e=0, e_dim=4), "n_e must be > 0"),
+        (dict(n_e=0, e_dim=4), "n_e must be an integer >= 1"),
         (dict(n_e=4, e_dim=4, metric="dot"), "metric"),
         (dict(n_e=4, e_dim=4, decay=1.5), "decay"),
         (dict(n_e=4, e_dim=4, beta=0.0, legacy=True), "beta must be > 0"),
