@@ -16,11 +16,11 @@ from PIL import Image
 
 from lgvq.cli import main
 from lgvq.data.images import load_image
-from lgvq.convert import GUIDANCE_PREFIXES, convert_release, guidance_state_from_release
+from lgvq.experiment.convert import GUIDANCE_PREFIXES, convert_release, guidance_state_from_release
+from lgvq.experiment.run import load_run
 from lgvq.guidance.semantic import sample_mask_ratio, sample_word_mask
-from lgvq.text import EncodedText
 from lgvq.models import build_loss, build_model
-from lgvq.runs import load_run
+from lgvq.text import EncodedText
 from tests.guidance.release_oracle import ReleaseTextSupervision, release_text_inputs
 
 RELEASE_QUANTIZER_KEYS = {"quantize.embedding.weight", "quantize.embed_prob"}  # VectorQuantizer2, CVQVectorQuantiser

@@ -41,21 +41,18 @@ def project_configs_beside(checkpoint: str | Path) -> list[Path]:
     return sorted((Path(checkpoint).resolve().parent.parent / "configs").glob("*-project.yaml"))
 
 
-def release_guidance_architecture(tensor_layers: Mapping[str, int], checkpoint: str | Path, hyper_parameters: Mapping,
-                                  release_config: str | Path | None = None, layers: int | None = None,
+def release_guidance_architecture(tensor_layers: Mapping[str, int], hyper_parameters: Mapping,
+                                  release_configs: Mapping[str, Mapping], layers: int | None = None,
                                   heads: int | None = None) -> dict[str, int]:
     """{"layers", "heads"} of a release checkpoint's guidance, or ValueError when it cannot be reproduced.
 
     tensor_layers: {what: count} of the layer sets found in the checkpoint (the ViT's blocks,
     the decoder's layers). hyper_parameters: the checkpoint's (``{}`` when it has none).
-    release_config: the release YAML it was trained with (None: Lightning's copies beside the
-    checkpoint, if any). layers, heads: what the user states (None: not stated).
+    release_configs: {file name: contents} of the release configs it was trained with (those
+    given, or ``project_configs_beside`` it). layers, heads: what the user states (None: not stated).
     """
-    from lgvq.config import read_yaml
-
-    configs = [Path(release_config)] if release_config is not None else project_configs_beside(checkpoint)
     statements = {"the checkpoint's hyper_parameters": stated_by_release_config(hyper_parameters)}
-    statements.update({str(path): stated_by_release_config(read_yaml(path)) for path in configs})
+    statements.update({name: stated_by_release_config(config) for name, config in release_configs.items()})
     statements[USER] = {k: v for k, v in (("layers", layers), ("heads", heads)) if v is not None}
     return _agreed_architecture(tensor_layers, statements)
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from lgvq.guidance.release_architecture import release_guidance_architecture
+from lgvq.guidance.release_architecture import project_configs_beside, release_guidance_architecture
 
 GUIDANCE_PREFIXES = ("mskTransformer.", "mask_learned_parameter", "mlm_layer.", "wrsr_fc.")
 MODEL_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.", "quantize.")
@@ -217,10 +217,10 @@ def convert_release(checkpoint: str | Path, out_dir: str | Path, *, config: str 
     guidance depth and heads (``lgvq.guidance.release_architecture``: the head count must be
     stated there, here or in the checkpoint's hyper-parameters). Returns the checkpoint folder written.
     """
-    from lgvq.checkpoint import save_checkpoint
-    from lgvq.config import config_to_dict, load_config
+    from lgvq.experiment.checkpoint import save_checkpoint
+    from lgvq.experiment.config import config_to_dict, load_config, read_yaml
     from lgvq.models.registry import get_spec
-    from lgvq.train import build_run
+    from lgvq.experiment.run import build_run
 
     out_dir = Path(out_dir)
     if (out_dir / "config.json").exists():
@@ -247,7 +247,9 @@ def convert_release(checkpoint: str | Path, out_dir: str | Path, *, config: str 
         run_config.guidance.temperature = 1.0
         counted = {what: _layer_count(parts["guidance"], f"mskTransformer.{prefix}.") for what, prefix in
                    (("ViT blocks", "encoder.transformer.resblocks"), ("decoder layers", "decoder.layers"))}
-        found = release_guidance_architecture(counted, checkpoint, hyper_parameters, release_config, layers, heads)
+        configs = [Path(release_config)] if release_config is not None else project_configs_beside(checkpoint)
+        found = release_guidance_architecture(counted, hyper_parameters, {str(p): read_yaml(p) for p in configs},
+                                              layers, heads)
         run_config.guidance.layers, run_config.guidance.heads = found["layers"], found["heads"]
     run_config.train.out_dir = str(out_dir)
     run_config.train.device = "cpu"
