@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lgvq.checks import check_choice, check_positive, check_tensor
+from lgvq.checks import check_between, check_choice, check_count, check_positive, check_sizes, check_tensor
 from lgvq.ops import code_counts_and_sums, vector_quantize
 from lgvq.ops.stats import code_counts
 from lgvq.ops.nearest import METRICS
@@ -127,14 +127,15 @@ class VectorQuantizer(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
-        check_positive("n_e", n_e)
-        check_positive("e_dim", e_dim)
+        check_count("n_e", n_e)
+        check_count("e_dim", e_dim)
         check_positive("beta", beta, allow_zero=not legacy or ema)
         check_choice("metric", metric, METRICS)
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"decay must lie in (0, 1), got {decay}")
+        check_between("decay", decay, 0.0, 1.0)
+        check_positive("eps", eps)  # Laplace smoothing: eps <= 0 lets an unused code divide by ~0
+        check_count("kmeans_iters", kmeans_iters)
         check_positive("dead_code_threshold", dead_code_threshold, allow_zero=True)
-        check_positive("usage_window", usage_window)
+        check_count("usage_window", usage_window)
         check_positive("entropy_loss_ratio", entropy_loss_ratio, allow_zero=True)
         check_positive("entropy_temperature", entropy_temperature)
         self.entropy_loss_ratio, self.entropy_temperature = entropy_loss_ratio, entropy_temperature
@@ -250,6 +251,11 @@ class VectorQuantizer(nn.Module):
         if self.metric == "cos":
             codes = F.normalize(codes, dim=-1)
         if shape is not None:
+            b, h, w, c = check_sizes("shape", shape, 4, "(B, H, W, C)")
+            if c != self.e_dim or b * h * w != indices.numel():
+                raise ValueError(
+                    f"shape must be (B, H, W, C={self.e_dim}) with B·H·W = {indices.numel()} indices, got {tuple(shape)}"
+                )
             codes = codes.view(shape).permute(0, 3, 1, 2).contiguous()
         return codes
 
@@ -341,11 +347,13 @@ class VectorQuantizer(nn.Module):
         same vectors. (Under a process group, gathering the rows exchanges their counts: one
         sync per step there.)
         """
-        dead = (self.usage_ema < self.dead_code_threshold)[:, None]
         fresh = sample_rows(gather_rows(flat), self.n_e).to(self.embedding.weight.dtype)
         broadcast_(fresh)
         if self.metric == "cos":
             fresh = F.normalize(fresh, dim=-1)
+        # a NaN/Inf candidate is not adopted (its code stays dead until a finite one is drawn),
+        # decided on the device: no sync, and one bad batch row cannot poison the codebook
+        dead = (self.usage_ema < self.dead_code_threshold)[:, None] & torch.isfinite(fresh).all(dim=1, keepdim=True)
         with torch.no_grad():
             self.embedding.weight.copy_(torch.where(dead, fresh, self.embedding.weight))
         # a restarted code starts as an average code, so it gets a few steps to be picked
