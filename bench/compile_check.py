@@ -75,6 +75,10 @@ MODES = {
 #: and a 16-bit dtype, and the row kernels' one- and multi-tile d loops.
 CI_NEAREST = {"fp32-tf32x3": (64, 256), "fp32-tf32": (64, 256), "bf16": (256, 300)}
 CI_ROWS = {"fp32-tf32x3": (300,), "bf16": (64,)}
+#: The codebook softmax holds whole rows (``kernels.softmax.MAX_D``: 64 fp32, 256 16-bit); 18 is
+#: LFQ's 2^18 codes.
+SOFTMAX_DIMS = {"fp32-tf32x3": (18, 64), "fp32-tf32": (18, 64), "fp16": (64, 256), "bf16": (18, 64, 256)}
+CI_SOFTMAX = {"fp32-tf32x3": (18, 64), "bf16": (64, 256)}
 CHECK_OFFSETS = ("_nearest_kernel", "_gather_sqerr_kernel", "_quantize_backward_kernel",
                  "_counts_sums_kernel", "_segment_sum_sorted_kernel")
 
@@ -134,6 +138,8 @@ def capture_launches(arch: int):
         for config in configs:
             record(self.fn, args, {**kwargs, **config.all_kwargs()}, _nearest_model(self, config, kwargs))
         self.best_config = configs[0]
+        if callable(kwargs["grid"]):  # evaluated for the winner, as its launch would (the nearest launcher reads it)
+            kwargs["grid"]({**self.nargs, **kwargs, **configs[0].all_kwargs()})
         self.nargs = None
 
     def _nearest_model(tuner, config, kwargs):
@@ -196,6 +202,26 @@ def _relation_launches(mode: str, d: int, label: dict):
         relation_backward(tokens, state, torch.empty((), device="meta"))
 
 
+def _softmax_launches(mode: str, d: int, label: dict):
+    from lgvq.kernels.softmax import probability_sums, softmax_backward, softmax_forward
+
+    dtype = MODES[mode][0]
+    n, k = 65536, 262144
+    z = torch.empty(n, d, device="meta", dtype=dtype)
+    e = torch.empty(k, d, device="meta", dtype=dtype)
+    lse, bias, scalar = torch.empty(n, device="meta"), torch.empty(k, device="meta"), torch.empty((), device="meta")
+    for codes, b, case in ((e, None, "dot"), (e, bias, "l2"), (None, None, "lfq")):
+        if codes is None and d > 24:  # LFQ: d bits, 2^d codes
+            continue
+        label["shape"] = f"N={n} K={k if codes is not None else 2**d} {case}"
+        softmax_forward(z, codes, b, 1.0, attend=codes is not None, entropy=codes is None)
+        softmax_forward(z, codes, b, 1.0, attend=False, entropy=True)
+        probability_sums(z, codes, b, 1.0, lse)
+        softmax_backward(z, codes, b, 1.0, lse, grad_entropy=scalar, grad_sums=bias, code_grad=True)
+        if codes is not None:
+            softmax_backward(z, codes, b, 1.0, lse, soft=z, grad_soft=z, code_grad=True)
+
+
 @contextlib.contextmanager
 def _deterministic(on: bool):
     before = torch.are_deterministic_algorithms_enabled()
@@ -212,10 +238,13 @@ def plan(arch: int, subset: str) -> list[Launch]:
         cases = [("nearest", m, d) for m, dims in CI_NEAREST.items() for d in dims]
         cases += [("rows", m, d) for m, dims in CI_ROWS.items() for d in dims]
         cases += [("relation", "fp32-tf32x3", 768)]
+        cases += [("softmax", m, d) for m, dims in CI_SOFTMAX.items() for d in dims]
     else:
         cases = [(fam, m, d) for fam in ("nearest", "rows") for m in MODES for d in DIMS]
         cases += [("relation", m, d) for m in MODES for d in (300, 768)]
-    makers = {"nearest": _nearest_launches, "rows": _row_launches, "relation": _relation_launches}
+        cases += [("softmax", m, d) for m, dims in SOFTMAX_DIMS.items() for d in dims]
+    makers = {"nearest": _nearest_launches, "rows": _row_launches, "relation": _relation_launches,
+              "softmax": _softmax_launches}
     unique: dict[str, Launch] = {}
     with capture_launches(arch) as (launches, label):
         for family, mode, d in cases:
@@ -250,6 +279,41 @@ def mma_kind(ptx: str) -> str:
     return "fma"
 
 
+_LABEL = re.compile(r"^(\$L__\w+):")
+_BRANCH = re.compile(r"\bbra(?:\.uni)?\s+(\$L__\w+);")
+_MMA = re.compile(r"\b(?:wgmma\.mma_async|mma\.sync)\b")
+_WAIT = re.compile(r"\b(?:wgmma\.wait_group|cp\.async\.wait_group|cp\.async\.wait_all|cp\.async\.bulk\.wait_group"
+                   r"|mbarrier\.try_wait|bar\.sync|barrier\.sync)\b")
+_COPY = re.compile(r"\bcp\.async\b")
+
+
+def loop_mix(ptx: str) -> dict:
+    """The instruction mix of the outermost PTX loop that issues MMAs (the code-tile loop):
+    ``loop_instrs`` PTX instructions per iteration, of which ``loop_mma`` tensor-core MMAs,
+    ``loop_waits`` waits (MMA completion, async-copy groups, barriers), ``loop_copies``
+    asynchronous copies, and ``loop_other`` the rest (the argmin epilogue and addressing, on
+    the CUDA cores); ``copy_first``: the next tile's copy is issued before the loop's first
+    wait (a deeper pipeline), not after it. Empty when no loop issues an MMA."""
+    lines = [line.strip() for line in ptx.splitlines()]
+    labels = {m.group(1): i for i, line in enumerate(lines) if (m := _LABEL.match(line))}
+    loops = []
+    for j, line in enumerate(lines):
+        m = _BRANCH.search(line)
+        if m and labels.get(m.group(1), j) < j:
+            body = [x for x in lines[labels[m.group(1)] + 1:j + 1] if x.endswith(";") and not x.startswith((".", "//"))]
+            if any(_MMA.search(x) for x in body):
+                loops.append(body)
+    if not loops:
+        return {}
+    body = max(loops, key=len)
+    kinds = ["mma" if _MMA.search(x) else "wait" if _WAIT.search(x) else "copy" if _COPY.search(x) else "other"
+             for x in body]
+    first = {k: kinds.index(k) if k in kinds else len(kinds) for k in ("wait", "copy")}
+    return {"loop_instrs": len(kinds), "loop_mma": kinds.count("mma"), "loop_waits": kinds.count("wait"),
+            "loop_copies": kinds.count("copy"), "loop_other": kinds.count("other"),
+            "copy_first": first["copy"] < first["wait"]}
+
+
 #: A PTX atomic or reduction with acquire/release ordering: a memory fence per element.
 _ORDERED_ATOMIC = re.compile(r"\b(?:atom|red)\.[\w.]*(?:acq_rel|acquire|release)")
 
@@ -267,9 +331,9 @@ def i32_tensor_multiplies(ttir: str) -> int:
 
 
 def _kernel_function(name: str) -> JITFunction:
-    from lgvq.kernels import nearest, quantize, relation
+    from lgvq.kernels import nearest, quantize, relation, softmax
 
-    for module in (nearest, quantize, relation):
+    for module in (nearest, quantize, relation, softmax):
         if hasattr(module, name):
             return _jit_function(getattr(module, name))
     raise KeyError(name)
@@ -299,6 +363,7 @@ def compile_launch(job: tuple[int, Launch]) -> dict:
         with contextlib.redirect_stdout(log):
             compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
                                       options=options.__dict__)
+        rec.update(loop_mix(compiled.asm["ptx"]) if launch.kernel == "_nearest_kernel" else {})
         rec.update(ok=True, smem=compiled.metadata.shared, mma=mma_kind(compiled.asm["ptx"]),
                    i32_muls=i32_tensor_multiplies(compiled.asm["ttir"]),
                    ordered_atomics=ordered_atomics(compiled.asm["ptx"]), **_ptxas_usage(log.getvalue()))
@@ -309,7 +374,8 @@ def compile_launch(job: tuple[int, Launch]) -> dict:
 
 
 def _config_text(kwargs: dict) -> str:
-    names = ("BLOCK_N", "BLOCK_K", "BLOCK_L", "BLOCK_M", "BLOCK_D", "WORDS", "SINGLE_D", "CODE_GRAD", "PRECISION")
+    names = ("BLOCK_N", "BLOCK_K", "BLOCK_L", "BLOCK_M", "BLOCK_D", "WORDS", "SINGLE_D", "CODE_GRAD", "PRECISION",
+             "BIASED")
     return " ".join(f"{n}={kwargs[n]}" for n in names if n in kwargs)
 
 
@@ -335,7 +401,7 @@ def problems(rec: dict, limit: int) -> list[str]:
     return out
 
 
-def model_gaps(limit: int) -> list[str]:
+def model_gaps(limit: int, arch: int) -> list[str]:
     """(dtype, d) pairs, d = 1..4096, for which the nearest launcher has no config that fits."""
     from lgvq.kernels import nearest
 
@@ -345,7 +411,7 @@ def model_gaps(limit: int) -> list[str]:
         for d in MODEL_DIMS:
             width = nearest.padded_d(d)
             block_d, single_d = nearest.block_d_for(width, elem)
-            kept = nearest.launchable_configs(configs, width, elem, precision, limit)
+            kept = nearest.launchable_configs(configs, width, elem, precision, limit, arch)
             if not any(nearest.shared_memory_bytes(c, block_d, single_d, elem, precision) <= limit for c in kept):
                 gaps.append(f"{8 * elem}-bit {precision} d={d}")
     return gaps
@@ -402,8 +468,15 @@ def table(records: list[dict], arch: int, limit: int, gaps: list[str], wall_s: f
         "`kernels.nearest.shared_memory_bytes` (must bound `smem`); `mma`: wgmma (Hopper tensor "
         "cores), mma.sync (Ampere-style), fma (no tensor cores). Each (kernel, dtype, d) row "
         "set lists every config the launcher can choose on this architecture.", "",
-        "| kernel | dtype | d | shape | config | warps | stages | regs | spill B | smem B | model B | mma | compile s | problems |",
-        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|",
+        "Loop mix (nearest kernel; `loop_mix`): PTX instructions per iteration of the code-tile "
+        "loop (the outermost loop issuing MMAs): `loop` in all, of which `mma` tensor-core MMAs, "
+        "`wait` waits (MMA completion, async-copy groups, barriers), `copy` asynchronous copies and "
+        "`other` the rest (the argmin epilogue and addressing, on the CUDA cores); `copy 1st`: the "
+        "next tile's copy is issued before the iteration's first wait. `BIASED=1` is the short "
+        "epilogue.", "",
+        "| kernel | dtype | d | shape | config | warps | stages | regs | spill B | smem B | model B | mma "
+        "| loop | mma | wait | copy | other | copy 1st | compile s | problems |",
+        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---|",
     ]
     order = sorted(records, key=lambda r: (r["kernel"], r["mode"], r["d"], r["shape"], r["config"], r["num_warps"], r["num_stages"]))
     for r in order:
@@ -411,9 +484,15 @@ def table(records: list[dict], arch: int, limit: int, gaps: list[str], wall_s: f
         lines.append(
             f"| {r['kernel']} | {r['mode']} | {r['d']} | {r['shape']} | {r['config']} | {r['num_warps']} | {r['num_stages']} | "
             f"{r.get('regs', '')} | {r.get('spill', '')} | {r.get('smem', '')} | {r['model_smem'] or ''} | "
-            f"{r.get('mma', '')} | {r['compile_s']} | {why} |"
+            f"{r.get('mma', '')} | {r.get('loop_instrs', '')} | {r.get('loop_mma', '')} | {r.get('loop_waits', '')} | "
+            f"{r.get('loop_copies', '')} | {r.get('loop_other', '')} | {_yes_no(r.get('copy_first'))} | "
+            f"{r['compile_s']} | {why} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _yes_no(flag) -> str:
+    return "" if flag is None else "yes" if flag else "no"
 
 
 def main(argv=None) -> int:
@@ -434,7 +513,7 @@ def main(argv=None) -> int:
     start = time.time()
     limit = SHARED_MEMORY_LIMIT[args.arch]
     records, compiled = run(args.arch, args.subset, args.jobs, args.cache)
-    gaps = model_gaps(limit)
+    gaps = model_gaps(limit, args.arch)
     wall = time.time() - start
     path = args.table or (ROOT / "bench" / "results" / f"compile-sm{args.arch}.md" if args.subset == "full" else None)
     if path:

@@ -1,40 +1,51 @@
-"""One-command GPU check for an H100/H200: tests, a triton-vs-torch sweep, the benchmarks.
+"""One-command GPU check for an H100/H200 that fits one device call: correctness first, then
+the benchmarks, everything brought back in two files.
 
-    python -m bench.gpu_check OUT_DIR [--budget 470]        # from the repository root, on the GPU
-    python -m bench.gpu_check OUT_DIR --sweep-only --dry    # CPU + TRITON_INTERPRET=1: checks this script
+    python -m bench.gpu_check OUT_DIR [--budget 330]     # from the repository root, on the GPU
+    python -m bench.gpu_check OUT_DIR --dry              # CPU + TRITON_INTERPRET=1: checks this script
 
-Everything goes into OUT_DIR; ``00-summary.txt`` (rewritten after every step, so it is
-current even if the run is cut off) lists each step's exit status, seconds, and TIMED OUT or
-SKIPPED, with the last lines of its log. The steps run in order of value under one wall-clock
-budget (default 470 s, inside 8 minutes with start-up); a step that no longer fits is skipped
-and a failing or timed-out step is recorded, never fatal:
+OUT_DIR (made absolute) receives ``00-summary.txt`` and ``gpu_check.tar.gz`` (every step's log,
+the junit xml, ``sweep.jsonl``, ``env.json``, the benchmark tables), both rewritten after every
+step so that a run cut off keeps what it did; the check prints how many files it left there.
+The summary lists each step's exit status, seconds, and TIMED OUT or SKIPPED, with the last
+lines of its log. The steps run in order of value under one wall-clock budget (default 330 s:
+with the machine's start-up, one call leaves time for a rerun); a step that no longer fits is
+skipped, and a failing or timed-out step is recorded, never fatal. A timed-out step is first
+interrupted (SIGINT, so pytest still writes its junit xml), then killed.
 
 1. ``env``: GPU, driver, versions, the device's shared-memory limit.
-2. ``pytest_gpu``: every gpu-marked test (junit xml beside the log).
-3. ``sweep``: triton vs torch at the headline shapes (``sweep.jsonl``, one JSON object per
-   measurement): nearest at K = 2^18, d = 64/256/1024 in fp32 "highest" (3xTF32), fp32
-   "high" (TF32) and bf16 — index agreement, the chosen code's exact fp64 excess against
-   ``argmin_tolerance``, run-to-run equality, the autotuned config and first-call seconds;
-   vector_quantize forward + backward against torch (values, gradients), a collapsed
-   codebook's backward with atomics and deterministic; host syncs per call
-   (``torch.cuda.set_sync_debug_mode``); and the driver's registers / spills / shared memory
-   of every kernel variant the sweep compiled.
-4. The benchmarks at their headline shapes (each writes its ``bench/results/*-cuda.md``,
-   copied into OUT_DIR): N = 65,536, K = 16,384, d = 256 bf16 search (lgvq triton vs bare
-   torch.matmul vs eager) and quantize forward + backward; the K = 2^18 training step
-   (eager runs out of memory there); the relation loss; fp32 search.
-5. ``overflow``: N·d ≥ 2^31 (own process: an illegal address would end only it).
+2. ``overflow``: N·d ≥ 2^31 (own process: an illegal address would end only it).
+3. ``pytest_gpu``: every gpu-marked test, 4 workers (junit xml ``pytest_gpu.xml``).
+4. ``sweep``: triton vs torch at the headline shapes (``sweep.jsonl``, one JSON object per
+   measurement): nearest at K = 2^18, d = 256/64/1024 in bf16, fp32 "highest" (3xTF32) and
+   fp32 "high" (TF32) — index agreement, the chosen code's exact fp64 excess against
+   ``argmin_tolerance``, run-to-run equality, the config the autotuner picked, its time against
+   the bare matmul and first-call seconds; vector_quantize forward + backward against torch
+   (values, gradients), a collapsed codebook's backward with atomics and deterministic; host
+   syncs per call (``torch.cuda.set_sync_debug_mode``); and the driver's registers / spills /
+   shared memory of every kernel variant the sweep compiled.
+5. The benchmarks at their headline shapes (each writes its ``bench/results/*-cuda.md``, packed
+   into the archive): N = 65,536, K = 16,384, d = 256 bf16 search (lgvq triton vs bare
+   torch.matmul vs eager) and quantize forward + backward; the K = 2^18 training step (eager
+   runs out of memory there); the relation loss; fp32 search.
+
+``--dry`` runs the same steps on the CPU under the interpreter with tiny shapes (benchmarks
+with ``--quick``, which writes no results file; the relation benchmark, whose shapes are
+fixed, is skipped).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import traceback
@@ -42,7 +53,16 @@ import warnings
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SUMMARY = "00-summary.txt"
+ARCHIVE = "gpu_check.tar.gz"
 HEADLINE = dict(n=65536, k=16384, d=256)
+#: The device call brings back at most this many files from OUT_DIR.
+MAX_FILES = 8
+#: Seconds a step interrupted at its limit gets to write its results before it is killed.
+GRACE_S = 10
+#: A dry run's step limits and default budget are this many times the GPU's: the interpreter
+#: and a shared CPU are slow, and the dry run checks the script, not the times.
+DRY_SLOWDOWN = 4
+DEFAULT_BUDGET_S = 330.0
 
 
 # --------------------------------------------------------------------------- the step runner
@@ -70,40 +90,42 @@ def import_root() -> pathlib.Path:
 
 
 class Steps:
+    """Runs steps in a work folder and, after each one, rewrites OUT's summary and archive."""
+
     #: A step gets at least this long or is skipped (a 5 s slice of budget runs nothing useful).
     min_step_s = 15
 
-    def __init__(self, out: pathlib.Path, budget: float, env: dict, cwd: pathlib.Path = ROOT):
-        self.out, self.budget, self.env, self.cwd = out, budget, env, cwd
+    def __init__(self, out: pathlib.Path, work: pathlib.Path, budget: float, env: dict, cwd: pathlib.Path = ROOT):
+        self.out, self.work, self.budget, self.env, self.cwd = out, work, budget, env, cwd
         self.start = time.time()
         self.lines = [f"lgvq GPU check, budget {budget:.0f} s, started {time.strftime('%Y-%m-%d %H:%M:%S')}", ""]
         self._write()
 
     def _write(self):
         (self.out / SUMMARY).write_text("\n".join(self.lines) + "\n")
+        partial = self.out / (ARCHIVE + ".part")
+        with tarfile.open(partial, "w:gz") as tar:
+            tar.add(self.work, arcname="gpu_check")
+        os.replace(partial, self.out / ARCHIVE)
 
     def left(self) -> float:
         return self.budget - (time.time() - self.start)
 
+    def skip(self, name: str, why: str) -> None:
+        self.lines.append(f"{name}: SKIPPED ({why})")
+        self._write()
+
     def run(self, name: str, max_s: float, argv: list[str]) -> None:
         limit = min(max_s, self.left() - 5)
         if limit < self.min_step_s:
-            self.lines.append(f"{name}: SKIPPED (budget: {self.left():.0f} s left)")
-            self._write()
+            self.skip(name, f"budget: {self.left():.0f} s left")
             return
-        log = self.out / f"{name}.log"
+        log = self.work / f"{name}.log"
         t0 = time.time()
         with log.open("w") as f:
             f.write(f"== {name} (limit {limit:.0f} s): {' '.join(argv)}\n")
             f.flush()
-            try:
-                rc = subprocess.run(argv, cwd=self.cwd, env=self.env, stdout=f, stderr=subprocess.STDOUT,
-                                    timeout=limit).returncode
-                note = ""
-            except subprocess.TimeoutExpired:
-                rc, note = None, " TIMED OUT"
-            except OSError as err:
-                rc, note = None, f" FAILED TO START ({err})"
+            rc, note = run_with_limit(argv, self.cwd, self.env, f, limit)
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
         self.lines.append(f"{name}: rc={rc} ({time.time() - t0:.0f} s of {limit:.0f} s){note}")
         self.lines += ["    " + line[:300] for line in tail]
@@ -114,32 +136,94 @@ class Steps:
         self._write()
 
 
-def run_check(out: pathlib.Path, budget: float) -> None:
-    root = import_root()
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(PYTHONPATH=str(root), PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
-    py = sys.executable
+def run_with_limit(argv, cwd, env, log, limit: float) -> tuple[int | None, str]:
+    """(exit status or None, note). At the limit the step's process group gets SIGINT (pytest
+    then ends its session and writes its junit xml) and, ``GRACE_S`` later, SIGKILL."""
+    try:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    except OSError as err:
+        return None, f" FAILED TO START ({err})"
+    try:
+        return proc.wait(timeout=limit), ""
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=GRACE_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        return None, " TIMED OUT"
+
+
+def plan_steps(py: str, work: pathlib.Path, dry: bool) -> list[tuple[str, float, list[str] | None]]:
+    """(name, seconds at most, argv) in order of value; argv None: not run in this mode. The
+    limits add up to the default budget, so that every step can run in one call."""
     n, k, d = (str(HEADLINE[key]) for key in ("n", "k", "d"))
-    bench = ["--device", "cuda", "--n", n, "--k", k, "--d", d, "--repeats", "5", "--budget", "2"]
-    steps = Steps(out, budget, env, cwd=root)
-    steps.run("env", 30, [py, "-m", "bench.gpu_check", str(out), "--env-only"])
-    steps.run("pytest_gpu", 150, [py, "-m", "pytest", "-c", str(ROOT / "pytest.ini"), "--rootdir", str(ROOT),
-                                  str(ROOT / "tests"), "-m", "gpu", "-q", "-rfEs", "-p", "no:cacheprovider",
-                                  f"--junitxml={out / 'pytest_gpu.xml'}"])
-    steps.run("sweep", 150, [py, "-m", "bench.gpu_check", str(out), "--sweep-only"])
-    steps.run("bench_nearest_bf16", 60, [py, "-m", "bench.nearest", *bench, "--dtype", "bf16",
-                                         "--providers", "eager,triton,matmul"])
-    steps.run("bench_quantize_bf16", 60, [py, "-m", "bench.quantize", *bench, "--dtype", "bf16",
-                                          "--providers", "eager,triton"])
-    steps.run("bench_scale_train_k2e18", 60, [py, "-m", "bench.scale", "--device", "cuda", "--parts", "train",
-                                              "--k-log2", "18", "--providers", "eager,lgvq", "--budget", "2"])
-    steps.run("bench_relation", 45, [py, "-m", "bench.relation", "--device", "cuda", "--quick", "--budget", "2"])
-    steps.run("bench_nearest_fp32", 45, [py, "-m", "bench.nearest", *bench, "--dtype", "fp32",
-                                         "--providers", "triton,matmul,torch"])
-    steps.run("overflow", 50, [py, "-m", "bench.gpu_check", str(out), "--sweep-only", "--section", "overflow"])
-    for table in (ROOT / "bench" / "results").glob("*-cuda.md"):
-        shutil.copy(table, out / table.name)
-    steps.finish()
+    if dry:
+        device = ["--device", "cpu", "--quick"]
+        bench = [*device, "--n", "64", "--k", "96", "--d", "24", "--repeats", "1", "--budget", "0.1"]
+        scale_k, scale_timing = "6", ["--repeats", "1", "--budget", "0.1"]
+    else:
+        device = ["--device", "cuda"]
+        bench = [*device, "--n", n, "--k", k, "--d", d, "--repeats", "5", "--budget", "2"]
+        scale_k, scale_timing = "18", ["--budget", "2"]
+    me = [py, "-m", "bench.gpu_check", str(work)] + (["--dry"] if dry else [])
+    workers = ["-n", "4"] if importlib.util.find_spec("xdist") else []
+    pytest = [py, "-m", "pytest", "-c", str(ROOT / "pytest.ini"), "--rootdir", str(ROOT), str(ROOT / "tests"),
+              "-m", "gpu", *workers, "-q", "-rfEs", "-p", "no:cacheprovider", f"--junitxml={work / 'pytest_gpu.xml'}"]
+    return [
+        ("env", 15, me + ["--env-only"]),
+        ("overflow", 30, me + ["--sweep-only", "--section", "overflow"]),
+        ("pytest_gpu", 100, pytest),
+        ("sweep", 75, me + ["--sweep-only"]),
+        ("bench_nearest_bf16", 35, [py, "-m", "bench.nearest", *bench, "--dtype", "bf16",
+                                    "--providers", "eager,triton,matmul"]),
+        ("bench_quantize_bf16", 25, [py, "-m", "bench.quantize", *bench, "--dtype", "bf16",
+                                     "--providers", "eager,triton"]),
+        ("bench_scale_train", 20, [py, "-m", "bench.scale", *device, "--parts", "train", "--k-log2", scale_k,
+                                   "--providers", "eager,lgvq", *scale_timing]),
+        ("bench_relation", 15, None if dry else [py, "-m", "bench.relation", *device, "--quick", "--budget", "2"]),
+        ("bench_nearest_fp32", 15, [py, "-m", "bench.nearest", *bench, "--dtype", "fp32",
+                                    "--providers", "triton,matmul,torch"]),
+    ]
+
+
+def ensure_junit(path: pathlib.Path, name: str) -> None:
+    """A junit file even when pytest was stopped before it could write one (while its workers
+    were still starting): one error that says so."""
+    if not path.exists():
+        path.write_text(f'<?xml version="1.0" encoding="utf-8"?>\n<testsuites><testsuite name="{name}" errors="1" '
+                        'tests="1"><testcase classname="gpu_check" name="session"><error message="stopped at its '
+                        'time limit before pytest wrote any result"/></testcase></testsuite></testsuites>\n')
+
+
+def run_check(out: pathlib.Path, budget: float, dry: bool) -> int:
+    """Run every step; returns how many files OUT holds at the end."""
+    root = import_root()
+    env = dict(os.environ)
+    if dry:
+        env["TRITON_INTERPRET"] = "1"
+    else:
+        env.pop("TRITON_INTERPRET", None)
+    # Prepended: what the caller put on the path (a site customisation, say) stays there.
+    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+               PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
+    work = pathlib.Path(tempfile.mkdtemp(prefix="lgvq_gpu_check_out_"))
+    try:
+        steps = Steps(out, work, budget, env, cwd=root)
+        for name, max_s, argv in plan_steps(sys.executable, work, dry):
+            if argv is None:
+                steps.skip(name, "not in a dry run")
+                continue
+            steps.run(name, max_s * (DRY_SLOWDOWN if dry else 1), argv)
+            if name == "pytest_gpu":
+                ensure_junit(work / "pytest_gpu.xml", name)
+            for table in (ROOT / "bench" / "results").glob("*-cuda.md"):
+                shutil.copy(table, work / table.name)
+        steps.finish()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return len([p for p in out.iterdir() if p.is_file()])
 
 
 # --------------------------------------------------------------------------- the sweep (its own process)
@@ -202,9 +286,9 @@ class Sweep:
         n, k = (40, 100) if self.dry else (8192, 2**18)
         # The dry run uses fp16 for bf16: triton 3.9's interpreter computes bf16 tl.dot wrongly.
         half = torch.float16 if self.dry else torch.bfloat16
-        modes = {"fp32-highest": (torch.float32, "highest"), "fp32-high": (torch.float32, "high"),
-                 "bf16": (half, "highest")}
-        for d in ((20,) if self.dry else (64, 256, 1024)):
+        modes = {"bf16": (half, "highest"), "fp32-highest": (torch.float32, "highest"),
+                 "fp32-high": (torch.float32, "high")}
+        for d in ((20,) if self.dry else (256, 64, 1024)):  # the headline d first
             for mode, (dtype, precision) in modes.items():
                 def body(rec, d=d, dtype=dtype, precision=precision):
                     torch.set_float32_matmul_precision(precision)
@@ -214,7 +298,11 @@ class Sweep:
                     idx, dist = nearest_code(x, e, backend="triton")
                     self.sync()
                     rec["first_call_s"] = round(time.perf_counter() - t0, 2)
-                    rec["config"] = str(getattr(knear._nearest_kernel, "best_config", None))
+                    # What the autotuner picked, and every candidate's time in its last search
+                    # (plain vs short epilogue, tile sizes): the sweep runs one search at a time.
+                    tuner = knear._nearest_kernel
+                    rec["config"] = str(getattr(tuner, "best_config", None))
+                    rec["candidates_ms"] = {str(c): t for c, t in (getattr(tuner, "configs_timings", None) or {}).items()}
                     ref_idx, _ = nearest_code(x, e, backend="torch")
                     rec["agree_vs_torch"] = (idx == ref_idx).float().mean().item()
                     again = nearest_code(x, e, backend="triton")
@@ -358,19 +446,33 @@ class Sweep:
         self.guarded(dict(section="overflow", n=n, d=d, n_times_d=n * d), body)
 
 
-def env_report(out: pathlib.Path) -> None:
+def env_report(out: pathlib.Path, dry: bool) -> None:
+    """Versions of the stack (and which optional packages the image has); on a GPU the device,
+    its driver (nvidia-smi into the log) and its shared-memory limit."""
+    import importlib.metadata
+
     import torch
-    import triton
 
     from lgvq.kernels import nearest
+    from lgvq.text.local_files import MINILM_PACKAGE
 
-    subprocess.run(["nvidia-smi"], check=False)
-    props = torch.cuda.get_device_properties(0)
-    info = dict(device=props.name, sm=f"{props.major}{props.minor}", sms=props.multi_processor_count,
-                memory_gib=round(props.total_memory / 2**30, 1), torch=torch.__version__, cuda=torch.version.cuda,
-                triton=triton.__version__, python=sys.version.split()[0],
-                shared_memory_limit=nearest.shared_memory_limit(torch.device("cuda", 0)),
-                offline_table=nearest.SHARED_MEMORY_LIMIT.get(props.major * 10 + props.minor))
+    def version(package):
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    info = dict(python=sys.version.split()[0], torch=torch.__version__, cuda=torch.version.cuda,
+                **{name: version(name) for name in ("triton", "numpy", "transformers", "pytest-xdist",
+                                                    "vector-quantize-pytorch")},
+                minilm_importable=importlib.util.find_spec(MINILM_PACKAGE) is not None)
+    if not dry:
+        subprocess.run(["nvidia-smi"], check=False)
+        props = torch.cuda.get_device_properties(0)
+        info.update(device=props.name, sm=f"{props.major}{props.minor}", sms=props.multi_processor_count,
+                    memory_gib=round(props.total_memory / 2**30, 1),
+                    shared_memory_limit=nearest.shared_memory_limit(torch.device("cuda", 0)),
+                    offline_table=nearest.SHARED_MEMORY_LIMIT.get(props.major * 10 + props.minor))
     print(json.dumps(info))
     (out / "env.json").write_text(json.dumps(info, indent=1) + "\n")
 
@@ -389,20 +491,25 @@ def run_sweep(out: pathlib.Path, sections: list[str], dry: bool) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=pathlib.Path)
-    p.add_argument("--budget", type=float, default=470.0, help="wall-clock seconds for all steps")
+    p.add_argument("--budget", type=float, default=None,
+                   help=f"wall-clock seconds for all steps (default {DEFAULT_BUDGET_S:.0f}; {DRY_SLOWDOWN}× that dry)")
     p.add_argument("--env-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--sweep-only", action="store_true", help="run the sweep in this process")
     p.add_argument("--section", default="nearest,quantize,syncs,resources",
                    help="sweep sections: nearest, quantize, syncs, resources, overflow")
-    p.add_argument("--dry", action="store_true", help="CPU interpreter, tiny shapes (checks the sweep only)")
+    p.add_argument("--dry", action="store_true", help="CPU interpreter, tiny shapes (checks this script)")
     args = p.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out.resolve()  # the steps run in another folder
+    out.mkdir(parents=True, exist_ok=True)
     if args.env_only:
-        env_report(args.out)
+        env_report(out, args.dry)
     elif args.sweep_only:
-        run_sweep(args.out, args.section.split(","), args.dry)
+        run_sweep(out, args.section.split(","), args.dry)
     else:
-        run_check(args.out, args.budget)
+        budget = args.budget or DEFAULT_BUDGET_S * (DRY_SLOWDOWN if args.dry else 1)
+        files = run_check(out, budget, args.dry)
+        print(f"gpu_check: {files} files in {out} (the device call brings back at most {MAX_FILES})")
+        return 0 if files <= MAX_FILES else 1
     return 0
 
 

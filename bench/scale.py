@@ -230,17 +230,21 @@ def training_step(model: torch.nn.Module, images: torch.Tensor):
     return step
 
 
-def training_cell(k: int, d: int, batch: int, device: torch.device, repeats: int, budget_s: float) -> list[Row]:
+def training_cell(k: int, d: int, batch: int, device: torch.device, providers: set[str], repeats: int,
+                  budget_s: float) -> list[Row]:
+    """The training step with the quantizers of ``providers`` ("eager" and "lgvq"; vqp has no
+    vqvae-tiny model)."""
     images = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device) * 2 - 1
     nk_bytes = batch * 64 * k * 4  # vqvae-tiny: 8×8 codes per 32×32 image
-    dense_note = dense_skip_note(nk_bytes, device)
+    dense_note = dense_skip_note(nk_bytes, device) if "eager" in providers else None
     skips = [skipped("eager quantizer", dense_note)] if dense_note else []
-    cases = [] if dense_note else [
-        Case("eager quantizer", training_step(training_model(k, d, True, device), images), warmup=1,
-             repeats=repeats, needs_bytes=3 * nk_bytes)
-    ]
-    cases.append(Case("lgvq quantizer", training_step(training_model(k, d, False, device), images), warmup=1,
-                      repeats=repeats))
+    cases = []
+    if "eager" in providers and not dense_note:
+        cases.append(Case("eager quantizer", training_step(training_model(k, d, True, device), images), warmup=1,
+                          repeats=repeats, needs_bytes=3 * nk_bytes))
+    if "lgvq" in providers:
+        cases.append(Case("lgvq quantizer", training_step(training_model(k, d, False, device), images), warmup=1,
+                          repeats=repeats))
     return skips + measure_many(cases, device, budget_s=budget_s)
 
 
@@ -306,9 +310,10 @@ def main(argv: list[str] | None = None) -> list[str]:
                    help=f"comma list of {','.join(PARTS)} (default: all)")
     p.add_argument("--n", type=int, help="rows N of the sweep and module parts (default: 4,096 CPU, 65,536 CUDA)")
     p.add_argument("--dims", type=parse_ints, help="comma list of code dimensions d of the sweep")
-    p.add_argument("--k-log2", type=parse_ints, help="comma list of log2 K of the sweep")
+    p.add_argument("--k-log2", type=parse_ints, help="comma list of log2 K of the sweep and the training step")
     p.add_argument("--providers", type=lambda t: parse_choices(t, PROVIDERS), default=set(PROVIDERS),
-                   help=f"comma list of {','.join(PROVIDERS)} for the sweep (default: all)")
+                   help=f"comma list of {','.join(PROVIDERS)} for the sweep and the training step "
+                   "(default: all)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5, quick 3)")
     p.add_argument("--budget", type=float, default=5.0, help="seconds of timed repeats per provider")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
@@ -334,9 +339,10 @@ def main(argv: list[str] | None = None) -> list[str]:
         tables.append(modules_table(n, 2**plan.module_k_log2, plan.module_dim, device, repeats, args.budget))
     if "train" in args.parts:
         by_k = {}
-        for log2 in plan.train_k_log2:
+        for log2 in args.k_log2 or plan.train_k_log2:
             print(f"training step K=2^{log2} d={plan.train_dim} batch={plan.train_batch}", flush=True)
-            by_k[2**log2] = training_cell(2**log2, plan.train_dim, plan.train_batch, device, repeats, args.budget)
+            by_k[2**log2] = training_cell(2**log2, plan.train_dim, plan.train_batch, device, args.providers,
+                                          repeats, args.budget)
         title = (f"Training step of vqvae-tiny (one Adam step) · batch {plan.train_batch} × 32² "
                  f"→ N={plan.train_batch * 64:,}, d={plan.train_dim} · median ms (min) · peak extra MiB")
         tables.append(pivot_table(title, by_k, "eager quantizer", "lgvq quantizer"))

@@ -1,37 +1,44 @@
 """Fused nearest-code search: distance + running argmin, the N×K matrix never written.
 
-Each program owns BLOCK_N rows of x and streams its slice of the codebook in BLOCK_K
-tiles. Per tile it computes ``score = |e|^2 - 2 x·e`` (x's own norm is constant per row,
-so it does not change the argmin and is added back by the caller) with a tiled ``tl.dot``
-accumulating in fp32, and folds the tile into a running (min, argmin).
-
-When N is small the row blocks alone cannot fill the GPU, so the codebook is split
-across a second grid axis: every split writes its own (score, index) per row and the
-launcher reduces over splits (a two-stage reduction over an (S, N) buffer, S small).
+Math: for each row x, ``argmin_k |x - e_k|^2 = argmin_k score_k`` with
+``score_k = |e_k|^2 - 2 x·e_k`` (x's own norm is constant per row, so it does not change the
+argmin and is added back by the caller); equivalently ``argmax_k (x·e_k - |e_k|^2 / 2)``.
 Ties resolve to the lowest code index at every stage, matching ``torch.argmin``.
-
-Two loop shapes (``SINGLE_D``): when a padded row takes at most ``MAX_SINGLE_D_BYTES``
-(fp32 d ≤ 128, fp16/bf16 d ≤ 256), the x tile is loaded once and stays in shared memory
-for every code tile, and the code loop is the software-pipelined one. Wider rows are cut
-into ``TILED_BLOCK_D`` slices and the d loop is the pipelined one; its prologue restarts
-for every code tile, amortised over at least 4 (fp32) or 5 (16-bit) d steps. The per-tile
-argmin epilogue (a few CUDA-core operations per score) is not overlapped with the next
-tile's tensor-core dot; at d ≤ 64 it may cost as much as the dot. Hiding it needs a
-warp-specialised (ping-pong) schedule, which this kernel does not have. Neither cost has
-been measured on a GPU yet.
+``argmin_tolerance`` bounds how far from the exact (fp64) optimum the chosen code may be.
 
 Precision (``fp32_dot_precision``): fp16/bf16 products are exact in the fp32 accumulator.
 fp32 inputs use 3xTF32 (``"tf32x3"``: tensor cores, about fp32 accuracy) while torch's
 ``float32_matmul_precision`` is ``"highest"`` and TF32 once the user allows it. Plain
 IEEE fp32 FMA dots are never chosen: on sm_90 they reach 255 registers and spill, and take
-tens of seconds to compile per config. ``argmin_tolerance`` states how far from the exact
-(fp64) optimum the chosen code may be.
+tens of seconds to compile per config.
+
+Tiling: each program owns BLOCK_N rows of x and streams its slice of the codebook in BLOCK_K
+tiles, computing the tile's dot products with ``tl.dot`` (fp32 accumulator) and folding the
+tile into a running best per row. Two epilogues, both autotune candidates (``BIASED``):
+the plain one computes ``score = |e|^2 - 2·acc`` per element, masks codes past the range and
+keeps a running (min, argmin); the short one starts the accumulator at ``-|e|^2 / 2`` (codes
+past the range at -inf), so the dot itself yields ``x·e - |e|^2 / 2`` and the epilogue is a
+running (max, argmax) alone, turned back into a score at the store.
+
+When N is small the row blocks alone cannot fill the GPU, so the codebook is split across a
+second grid axis: every split writes its own (score, index) per row and the launcher reduces
+over splits (a two-stage reduction over an (S, N) buffer, S small), reading the split count
+its own launch ran with.
+
+Two loop shapes (``SINGLE_D``): when a padded row takes at most ``MAX_SINGLE_D_BYTES``
+(fp32 d ≤ 128, fp16/bf16 d ≤ 256), the x tile is loaded once and stays in shared memory
+for every code tile, and the code loop is the software-pipelined one. Wider rows are cut
+into ``TILED_BLOCK_D`` slices and the d loop is the pipelined one; its prologue restarts
+for every code tile, amortised over at least 4 (fp32) or 5 (16-bit) d steps. The argmin
+epilogue runs on the CUDA cores after each tile's dot; the compile gate reports each
+variant's loop instruction mix (MMAs, waits, copies, the rest).
 
 Resources: every autotune config is pruned by the shared memory it needs
-(``shared_memory_bytes``) against the device's real per-block limit; when none fits, the
-smallest tile (``FALLBACK``), which fits every d, is used. ``bench/compile_check.py``
-compiles every config the launcher can choose for sm_90 and sm_80 and checks this model
-against ptxas.
+(``shared_memory_bytes``) against the device's real per-block limit, and by architecture
+(3xTF32 on mma.sync, before sm_90, gets tiles of 16 accumulators per thread); when none
+fits, the smallest tile (``FALLBACK``), which fits every d, is used.
+``bench/compile_check.py`` compiles every config the launcher can choose for sm_90 and sm_80
+and checks this model against ptxas.
 """
 
 from __future__ import annotations
@@ -59,46 +66,63 @@ DEFAULT_ARCH = 90
 #: Codebook splits aim at this many resident programs per SM.
 PROGRAMS_PER_SM = 2
 
-#: (BLOCK_N, BLOCK_K, num_warps, num_stages). BLOCK_N ≥ 64 with 4 or 8 warps lets Triton
-#: emit wgmma on Hopper for bf16/fp16 and tf32; the prune keeps the ones that fit.
+#: (BLOCK_N, BLOCK_K, num_warps, num_stages, BIASED). BLOCK_N ≥ 64 with 4 or 8 warps lets
+#: Triton emit wgmma on Hopper for bf16/fp16 and tf32; the prune keeps the ones that fit.
+#: BIASED = 1 is the short epilogue (see the kernel), offered beside the plain one for the
+#: large tiles, where the epilogue is the larger share of the loop; the autotuner picks.
 GPU_TILES = [
-    (128, 128, 8, 3),
-    (128, 128, 8, 2),
-    (128, 64, 4, 3),
-    (64, 128, 4, 3),
-    (256, 64, 8, 3),
-    (64, 64, 4, 4),
-    (64, 64, 4, 2),
+    (128, 128, 8, 3, 0),
+    (128, 128, 8, 2, 0),
+    (128, 64, 4, 3, 0),
+    (64, 128, 4, 3, 0),
+    (256, 64, 8, 3, 0),
+    (64, 64, 4, 4, 0),
+    (64, 64, 4, 2, 0),
+    (128, 128, 8, 3, 1),
+    (128, 128, 8, 2, 1),
+    (128, 64, 4, 3, 1),
 ]
 #: 3xTF32 holds hi and lo parts of the operands in registers: at most 32 accumulators per
 #: thread (BLOCK_N·BLOCK_K / threads), or the tiled loop spills (ptxas, sm_90).
 TF32X3_TILES = [
-    (128, 64, 8, 3),
-    (64, 128, 8, 3),
-    (64, 64, 4, 4),
-    (64, 64, 4, 2),
+    (128, 64, 8, 3, 0),
+    (64, 128, 8, 3, 0),
+    (64, 64, 4, 4, 0),
+    (64, 64, 4, 2, 0),
+    (128, 64, 8, 3, 1),
+]
+#: mma.sync (before sm_90) keeps the 3xTF32 operand fragments in registers too: 32-wide code
+#: tiles (16 accumulators per thread) stay within 255 registers on sm_80, 64-wide ones spill
+#: 250-12,000 B even with 8 warps (ptxas).
+TF32X3_MMA_SYNC_TILES = [
+    (128, 32, 8, 3, 0),
+    (64, 32, 4, 3, 0),
+    (64, 32, 4, 2, 0),
 ]
 #: Used only when no tile above fits: the smallest operand tiles, within every limit
 #: above for any d (the tiled loop bounds BLOCK_D).
-FALLBACK = (32, 32, 4, 2)
+FALLBACK = (32, 32, 4, 2, 0)
 #: The interpreter is slow: one small config, no tuning; small tiles make tiny test
 #: shapes cross several code tiles.
-INTERPRET_TILE = (16, 32, 1, 1)
+INTERPRET_TILE = (16, 32, 1, 1, 0)
 
 
 def _config(tile):
-    block_n, block_k, warps, stages = tile
-    return triton.Config({"BLOCK_N": block_n, "BLOCK_K": block_k}, num_warps=warps, num_stages=stages)
+    block_n, block_k, warps, stages, biased = tile
+    return triton.Config({"BLOCK_N": block_n, "BLOCK_K": block_k, "BIASED": biased}, num_warps=warps,
+                         num_stages=stages)
 
 
-def tiles_for(precision: str):
-    return TF32X3_TILES if precision == "tf32x3" else GPU_TILES
+def tiles_for(precision: str, arch: int):
+    if precision != "tf32x3":
+        return GPU_TILES
+    return TF32X3_TILES if arch >= 90 else TF32X3_MMA_SYNC_TILES
 
 
 def _configs():
     if INTERPRET:
         return [_config(INTERPRET_TILE)]
-    return [_config(t) for t in dict.fromkeys(GPU_TILES + TF32X3_TILES)]
+    return [_config(t) for t in dict.fromkeys(GPU_TILES + TF32X3_TILES + TF32X3_MMA_SYNC_TILES)]
 
 
 def padded_d(d: int) -> int:
@@ -149,15 +173,29 @@ def _cuda_shared_memory_limit(index: int) -> int:
     return limit or SHARED_MEMORY_LIMIT.get(props.major * 10 + props.minor, SHARED_MEMORY_LIMIT[80])
 
 
+def device_arch(device: torch.device | None = None) -> int:
+    """Compute capability as an int (90 for sm_90) of a CUDA device, else ``DEFAULT_ARCH``."""
+    if device is not None and device.type == "cuda":
+        return _cuda_arch(device.index if device.index is not None else torch.cuda.current_device())
+    return DEFAULT_ARCH
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_arch(index: int) -> int:
+    major, minor = torch.cuda.get_device_capability(index)
+    return 10 * major + minor
+
+
 def _tile(config):
-    return (config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"], config.num_warps, config.num_stages)
+    return (config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"], config.num_warps, config.num_stages,
+            config.kwargs["BIASED"])
 
 
-def launchable_configs(configs, d: int, elem_size: int, precision: str, limit: int):
-    """The configs listed for ``precision`` that fit ``limit`` for rows of d elements;
-    the fallback when none does."""
+def launchable_configs(configs, d: int, elem_size: int, precision: str, limit: int, arch: int):
+    """The configs listed for ``precision`` on ``arch`` that fit ``limit`` for rows of d
+    elements; the fallback when none does."""
     block_d, single_d = block_d_for(d, elem_size)
-    listed = set(tiles_for(precision))
+    listed = set(tiles_for(precision, arch))
     kept = [
         c for c in configs
         if _tile(c) in listed and shared_memory_bytes(c, block_d, single_d, elem_size, precision) <= limit
@@ -170,7 +208,8 @@ def _prune_configs(configs, named_args, **kwargs):
         return configs
     x = named_args["x_ptr"]
     return launchable_configs(
-        configs, named_args["D"], x.element_size(), kwargs["PRECISION"], shared_memory_limit(x.device)
+        configs, named_args["D"], x.element_size(), kwargs["PRECISION"], shared_memory_limit(x.device),
+        device_arch(x.device),
     )
 
 
@@ -193,7 +232,7 @@ if HAS_TRITON:
         N, K, D, N_BUCKET,
         stride_x, stride_e,
         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-        SINGLE_D: tl.constexpr, PRECISION: tl.constexpr,
+        SINGLE_D: tl.constexpr, PRECISION: tl.constexpr, BIASED: tl.constexpr,
     ):
         pid_n = tl.program_id(0)
         split = tl.program_id(1)
@@ -211,13 +250,19 @@ if HAS_TRITON:
         if SINGLE_D:  # the whole row fits one tile: load x once, reuse it for every code tile
             x_tile = tl.load(x_rows + dims[None, :], mask=row_ok[:, None] & (dims[None, :] < D), other=0.0)
 
-        best = tl.full([BLOCK_N], float("inf"), tl.float32)
+        # BIASED keeps the running maximum of x·e - |e|²/2 (= -score/2), plain the running
+        # minimum of score; the sign flips back at the store.
+        best = tl.full([BLOCK_N], float("-inf") if BIASED else float("inf"), tl.float32)
         best_idx = tl.zeros([BLOCK_N], tl.int32)
         for k0 in range(k_begin, k_end, BLOCK_K):
             codes = k0 + tl.arange(0, BLOCK_K)
             code_ok = codes < k_end
             e_rows = e_ptr + codes.to(tl.int64)[:, None] * stride_e
-            acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+            if BIASED:  # the dot accumulates onto -|e|²/2; codes past the range start at -inf
+                enorm = tl.load(enorm_ptr + codes, mask=code_ok, other=float("inf"))
+                acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32) - 0.5 * enorm[None, :]
+            else:
+                acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
             if SINGLE_D:
                 e_tile = tl.load(e_rows + dims[None, :], mask=code_ok[:, None] & (dims[None, :] < D), other=0.0)
                 acc = tl.dot(x_tile, tl.trans(e_tile), acc, input_precision=PRECISION)
@@ -227,14 +272,20 @@ if HAS_TRITON:
                     x_part = tl.load(x_rows + (d0 + dims)[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
                     e_part = tl.load(e_rows + (d0 + dims)[None, :], mask=code_ok[:, None] & d_ok[None, :], other=0.0)
                     acc = tl.dot(x_part, tl.trans(e_part), acc, input_precision=PRECISION)
-            enorm = tl.load(enorm_ptr + codes, mask=code_ok, other=0.0)
-            score = enorm[None, :] - 2.0 * acc
-            score = tl.where(code_ok[None, :], score, float("inf"))
-            tile_best, tile_arg = tl.min(score, axis=1, return_indices=True)
-            better = tile_best < best  # strict: an earlier tile wins ties
+            if BIASED:
+                tile_best, tile_arg = tl.max(acc, axis=1, return_indices=True)
+                better = tile_best > best  # strict: an earlier tile wins ties
+            else:
+                enorm = tl.load(enorm_ptr + codes, mask=code_ok, other=0.0)
+                score = enorm[None, :] - 2.0 * acc
+                score = tl.where(code_ok[None, :], score, float("inf"))
+                tile_best, tile_arg = tl.min(score, axis=1, return_indices=True)
+                better = tile_best < best  # strict: an earlier tile wins ties
             best = tl.where(better, tile_best, best)
             best_idx = tl.where(better, tile_arg + k0, best_idx)
 
+        if BIASED:
+            best = -2.0 * best
         out = split.to(tl.int64) * N + rows
         tl.store(score_out_ptr + out, best, mask=row_ok)
         tl.store(index_out_ptr + out, best_idx, mask=row_ok)
@@ -254,12 +305,20 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+def _sm_count_of(device: torch.device) -> int | None:
+    """SMs of a CUDA device, None elsewhere (no automatic split)."""
+    if device.type != "cuda":
+        return None
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def _split_grid(n: int, k: int, device: torch.device, num_splits: int | None):
-    """Grid for the chosen config: the split count follows its BLOCK_N and BLOCK_K."""
-    if num_splits is None and device.type == "cuda":
-        sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    else:
-        sms = None
+    """Grid for the chosen config (the split count follows its BLOCK_N and BLOCK_K), the split
+    count as a function of a config, and this launch's own record of the count it launched
+    with: the grid is evaluated for the config that runs, so concurrent searches (threads,
+    streams) never read each other's choice."""
+    sms = _sm_count_of(device) if num_splits is None else None
+    launched = {}
 
     def splits(meta):
         if num_splits is not None:
@@ -267,9 +326,10 @@ def _split_grid(n: int, k: int, device: torch.device, num_splits: int | None):
         return 1 if sms is None else auto_splits(n, k, meta["BLOCK_N"], meta["BLOCK_K"], sms)
 
     def grid(meta):
-        return (triton.cdiv(n, meta["BLOCK_N"]), splits(meta))
+        launched["splits"] = splits(meta)
+        return (triton.cdiv(n, meta["BLOCK_N"]), launched["splits"])
 
-    return grid, splits
+    return grid, splits, launched
 
 
 def argmin_tolerance(x: torch.Tensor, codebook: torch.Tensor, precision: str) -> torch.Tensor:
@@ -278,13 +338,16 @@ def argmin_tolerance(x: torch.Tensor, codebook: torch.Tensor, precision: str) ->
 
     Both compared scores ``|e|^2 - 2 x·e`` carry an fp32 dot-product error of at most
     ``(d + 2)·u`` times that magnitude, with u the unit roundoff of the products'
-    inputs: 2^-24 for fp16/bf16 (exact products, fp32 sums; measured against the rounded
-    inputs), 2^-10 for TF32 (operands may be truncated, not rounded, to 10 mantissa bits)
-    and 2^-18 for 3xTF32 (the three products drop the lo·lo term and truncate both lo
-    parts: about 3·2^-20 per product); ``"ieee"`` (what the launcher passes for 16-bit
-    inputs, and how the CPU interpreter computes every dot) is 2^-24.
+    inputs: 2^-23 for fp16/bf16 (exact products summed in fp32 on tensor cores, which
+    truncate rather than round: one ulp, not half; measured against the rounded inputs),
+    2^-10 for TF32 (operands may be truncated, not rounded, to 10 mantissa bits) and 2^-18
+    for 3xTF32 (the three products drop the lo·lo term and truncate both lo parts: about
+    3·2^-20 per product); ``"ieee"`` fp32 (how the CPU interpreter computes every dot) is 2^-24.
     """
-    unit = {"tf32": 2.0**-10, "tf32x3": 2.0**-18, "ieee": 2.0**-24}[precision] if x.dtype == torch.float32 else 2.0**-24
+    if x.dtype == torch.float32:
+        unit = {"tf32": 2.0**-10, "tf32x3": 2.0**-18, "ieee": 2.0**-24}[precision]
+    else:
+        unit = 2.0**-23
     x64, e64 = x.double(), codebook.double()
     e_norm = e64.norm(dim=1).max()
     return 2 * (x.shape[1] + 2) * unit * (e_norm**2 + 2 * x64.norm(dim=1) * e_norm)
@@ -307,7 +370,7 @@ def nearest_code_search(
         codebook = torch.nn.functional.pad(codebook, (0, padded_d(d) - d))
         d = padded_d(d)
     block_d, single_d = block_d_for(d, x.element_size())
-    grid, splits = _split_grid(n, k, x.device, num_splits)
+    grid, splits, launched = _split_grid(n, k, x.device, num_splits)
     # One row per split for the smallest tiles, the most splits any config can ask for.
     max_splits = max(splits(c.all_kwargs()) for c in _nearest_kernel.configs + [_config(FALLBACK)])
     scores = torch.empty((max_splits, n), device=x.device, dtype=torch.float32)
@@ -319,7 +382,7 @@ def nearest_code_search(
         x.stride(0), codebook.stride(0),
         BLOCK_D=block_d, SINGLE_D=single_d, PRECISION=precision,
     )
-    used = splits(_nearest_kernel.best_config.all_kwargs())  # the config this launch ran
+    used = launched["splits"]  # the last grid evaluated is the launched config's
     if used == 1:
         return scores[0], indices[0].long()
     best, split = scores[:used].min(dim=0)  # first minimum: the lowest split, so the lowest index

@@ -17,10 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lgvq.compat import LFQ, IndexPropagationQuantize
 from lgvq.guidance import LanguageGuidance
 from lgvq.quantize import VectorQuantizer
 from lgvq.text import BertLikeEncoder
 from lgvq.text.local_files import default_minilm_dir
+
+pytestmark = pytest.mark.minilm  # the tiny encoder borrows MiniLM's vocabulary
 
 CAPTIONS = ["a red circle left of a blue square", "a green triangle"]
 
@@ -91,6 +94,35 @@ def test_guided_vq_step_compiles_without_graph_break(tiny_text_encoder, backend,
     images = torch.rand(2, 3, 8, 8)
     text = tiny_text_encoder(CAPTIONS)  # tokenised outside: a tokenizer is host code
     _assert_compiled_matches_eager(model, images, text, backend="aot_eager")
+
+
+SOFTMAX_QUANTIZERS = {
+    "ibq+entropy": lambda: IndexPropagationQuantize(32, 8, use_entropy_loss=True, track_usage=True),
+    "lfq": lambda: LFQ(dim=8, codebook_size=256, track_usage=True),
+    "vq+llamagen-entropy": lambda: VectorQuantizer(32, 8, entropy_loss_ratio=0.1, track_usage=True),
+}
+
+
+@pytest.mark.parametrize("name", SOFTMAX_QUANTIZERS)
+def test_softmax_quantizer_step_compiles_without_graph_break(name):
+    """The softmax ops' quantizers (modern face, training): eager's loss, gradients and usage."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    quantizer = SOFTMAX_QUANTIZERS[name]().train()
+    eager = copy.deepcopy(quantizer)
+    z = torch.randn(2, 4, 4, 8, requires_grad=True)
+
+    def step(q, call):
+        out = call(z)
+        loss = out.loss + out.z_q.square().mean()
+        return loss.detach(), torch.autograd.grad(loss, [z, *q.parameters()]), out.usage
+
+    expected = step(eager, eager.quantize)
+    got = step(quantizer, torch.compile(quantizer.quantize, fullgraph=True, backend="aot_eager"))
+    torch.testing.assert_close(got[0], expected[0])
+    for value, reference in zip(got[1], expected[1]):
+        torch.testing.assert_close(value, reference, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(got[2], expected[2])
 
 
 @pytest.mark.gpu

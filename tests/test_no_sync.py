@@ -20,12 +20,21 @@ import pytest
 import torch
 
 import lgvq
+from lgvq.compat import LFQ, IndexPropagationQuantize
 from lgvq.checks import strict_mode
 from lgvq.experiment.config import load_config
 from lgvq.experiment.run import build_run
 from lgvq.experiment.train import make_optimizers, train_step
 from lgvq.guidance import LanguageGuidance
-from lgvq.ops import code_counts_and_sums, nearest_code, relation_alignment_loss, vector_quantize
+from lgvq.ops import (
+    code_counts_and_sums,
+    codebook_entropy,
+    index_backprop_quantize,
+    lfq_entropy,
+    nearest_code,
+    relation_alignment_loss,
+    vector_quantize,
+)
 from lgvq.quantize import ClusteredVectorQuantizer, VectorQuantizer
 from lgvq.text import load_text_encoder
 
@@ -134,6 +143,10 @@ def _op_calls(device="cpu", backend="torch"):
         (z_q.sum() + loss).backward()
         code_counts_and_sums(z.detach(), idx, 16, backend=backend)
         relation_alignment_loss(words, mask, tokens, codes, backend=backend).backward()
+        z_q, _ = index_backprop_quantize(z, codebook, backend=backend)
+        sample_entropy, avg_entropy = codebook_entropy(z, codebook, metric="l2", backend=backend)
+        lfq_sample, lfq_avg = lfq_entropy(z[..., :4], backend=backend)
+        (z_q.sum() + sample_entropy - avg_entropy + lfq_sample - lfq_avg).backward()
 
     return run
 
@@ -165,6 +178,9 @@ QUANTIZERS = {
     "cvq-probrandom": lambda: ClusteredVectorQuantizer(32, 8, contrastive=True),
     "cvq-closest": lambda: ClusteredVectorQuantizer(32, 8, anchor="closest", first_batch_only=True),
     "cvq-random": lambda: ClusteredVectorQuantizer(32, 8, anchor="random", dead_code_threshold=0.5),
+    "vq+llamagen-entropy": lambda: VectorQuantizer(32, 8, entropy_loss_ratio=0.1, track_usage=True),
+    "ibq+entropy": lambda: IndexPropagationQuantize(32, 8, use_entropy_loss=True, track_usage=True),
+    "lfq": lambda: LFQ(dim=8, codebook_size=256, track_usage=True),
 }
 
 
@@ -173,7 +189,8 @@ def _quantizer_steps(q, device="cpu"):
     z_last = torch.randn(2, 4, 4, 8, device=device, requires_grad=True)
 
     def run():
-        z_q, loss, _ = q(z)  # the taming face
+        z_q, loss, _ = q(z)  # the taming face (the peer's, for IBQ and LFQ)
+        loss = sum(loss) if isinstance(loss, tuple) else loss  # IBQ's entropy terms
         (z_q.square().mean() + loss).backward()
         out = q.quantize(z_last)  # the modern face
         (out.z_q.square().mean() + out.loss).backward()
@@ -190,6 +207,7 @@ def test_quantizer_training_steps_make_no_sync(name):
 
 # ---- language guidance and a whole guided training step ----------------------------------------
 
+@pytest.mark.minilm
 def test_language_guidance_makes_no_sync(text_encoder):
     guidance = LanguageGuidance(8, 2, text_encoder)
     z_q = torch.randn(4, 8, 2, 2, requires_grad=True)
@@ -212,6 +230,7 @@ def guided_run(tmp_path, device="cpu"):
     return run, make_optimizers(run)
 
 
+@pytest.mark.minilm
 def test_guided_train_step_makes_no_sync(tmp_path):
     run, optimizers = guided_run(tmp_path)
     images = torch.rand(2, 3, 32, 32) * 2 - 1
@@ -246,6 +265,7 @@ def test_gpu_quantizer_training_steps_make_no_sync(name):
 
 
 @pytest.mark.gpu
+@pytest.mark.minilm
 def test_gpu_guided_train_step_makes_no_sync(tmp_path):
     run, optimizers = guided_run(tmp_path, "cuda")
     images = torch.rand(2, 3, 32, 32, device="cuda") * 2 - 1

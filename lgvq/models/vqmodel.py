@@ -1,8 +1,9 @@
 """``VQModel``: encoder → quant_conv → quantizer → post_quant_conv → decoder.
 
 One skeleton for VQ-VAE (no attention, L1/L2 loss) and VQ-GAN (attention + the GAN/perceptual
-loss of ``lgvq.models.losses``); the quantizer is lgvq's ``VectorQuantizer`` (``"vq"``, ``"ema"``)
-or ``ClusteredVectorQuantizer`` (``"cvq"``). Submodule names are taming's (``encoder``,
+loss of ``lgvq.models.losses``); the quantizer is lgvq's ``VectorQuantizer`` (``"vq"``, ``"ema"``),
+``ClusteredVectorQuantizer`` (``"cvq"``), or Open-MAGVIT2's IBQ (``"ibq"``) or LFQ (``"lfq"``:
+2^embed_dim sign codes, so n_embed = 2^embed_dim) from ``lgvq.compat``. Submodule names are taming's (``encoder``,
 ``quant_conv``, ``quantize``, ``post_quant_conv``, ``decoder``), so the autoencoder part of a
 taming / LG-VQ checkpoint loads with ``load_state_dict``.
 """
@@ -17,9 +18,12 @@ from torch import nn
 
 from lgvq.checks import check_choice, check_tensor
 from lgvq.models.modules import Decoder, Encoder
+from lgvq.compat import LFQ, IndexPropagationQuantize
 from lgvq.quantize import ClusteredVectorQuantizer, VectorQuantizer
 
-QUANTIZERS = ("vq", "ema", "cvq")
+QUANTIZERS = ("vq", "ema", "cvq", "ibq", "lfq")
+#: The codebook options of the nearest-code quantizers, which IBQ and LFQ do not have.
+_NEAREST_CODE_OPTIONS = ("kmeans_init", "dead_code_threshold")
 
 
 @dataclass
@@ -38,7 +42,7 @@ class VQModelConfig:
     z_channels: int = 256
     embed_dim: int = 256  # code dimension d
     n_embed: int = 1024  # codebook size K
-    quantizer: str = "vq"  # "vq" | "ema" | "cvq"
+    quantizer: str = "vq"  # "vq" | "ema" | "cvq" | "ibq" | "lfq"
     beta: float = 0.25
     # lgvq's models use the fixed weighting (beta on the commitment term) unless an entry says
     # legacy=True (taming's VectorQuantizer2 default, and VectorQuantizer's: beta on the codebook term)
@@ -50,12 +54,24 @@ class VQModelConfig:
     cvq_anchor: str = "probrandom"
     cvq_decay: float = 0.99
     cvq_contrastive: bool = False
+    # IBQ / LFQ: weight of MAGVIT-2's entropy loss in the quantizer's loss (0: off; Open-MAGVIT2's
+    # configs: IBQ 0.05, LFQ 0.1); LFQ weighs its commitment loss by beta. global_entropy: under
+    # DDP, the entropy of the global batch instead of each rank's (lgvq.quantize.entropy).
+    entropy_loss_weight: float = 0.05
+    global_entropy: bool = False
     backend: str = "auto"
 
     def __post_init__(self):
         self.ch_mult = tuple(self.ch_mult)
         self.attn_resolutions = tuple(self.attn_resolutions)
         check_choice("quantizer", self.quantizer, QUANTIZERS)
+        if self.quantizer in ("ibq", "lfq"):
+            given = [name for name in _NEAREST_CODE_OPTIONS if getattr(self, name)]
+            if given or self.metric != "l2":
+                raise ValueError(
+                    f"quantizer={self.quantizer!r} takes none of kmeans_init, dead_code_threshold, metric; "
+                    f"got {', '.join(given + (['metric'] if self.metric != 'l2' else []))}"
+                )
 
     @property
     def downsample_factor(self) -> int:
@@ -75,7 +91,15 @@ class VQModelConfig:
         return dataclasses.replace(self, **overrides)
 
 
-def build_quantizer(config: VQModelConfig) -> VectorQuantizer:
+def build_quantizer(config: VQModelConfig) -> VectorQuantizer | LFQ:
+    softmax = dict(entropy_loss_weight=config.entropy_loss_weight, global_entropy=config.global_entropy,
+                   track_usage=True, backend=config.backend)
+    if config.quantizer == "ibq":
+        return IndexPropagationQuantize(
+            config.n_embed, config.embed_dim, config.beta, use_entropy_loss=config.entropy_loss_weight > 0, **softmax
+        )
+    if config.quantizer == "lfq":
+        return LFQ(dim=config.embed_dim, codebook_size=config.n_embed, commit_weight=config.beta, **softmax)
     common = dict(
         metric=config.metric, kmeans_init=config.kmeans_init, dead_code_threshold=config.dead_code_threshold,
         sane_index_shape=True, track_usage=True, backend=config.backend,

@@ -82,3 +82,13 @@ def test_contention_bench_runs_every_op_under_each_condition():
     ]
     text = table(rows, 2)
     assert "| nearest_code | busy process |" in text and "lgvq vs its 1 thread" in text
+
+
+def test_scale_training_part_follows_k_log2_and_providers(monkeypatch):
+    import bench.scale
+
+    asked = []
+    monkeypatch.setattr(bench.scale, "training_cell",
+                        lambda k, d, batch, device, providers, *rest: asked.append((k, providers)) or [])
+    bench.scale.main(["--quick", "--device", "cpu", "--parts", "train", "--k-log2", "6,7", "--providers", "lgvq"])
+    assert asked == [(64, {"lgvq"}), (128, {"lgvq"})]

@@ -4,6 +4,7 @@ seconds once its per-variant cache holds the current kernel sources)."""
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -73,3 +74,38 @@ def test_compile_gate_sm90_ci_subset(tmp_path):
         assert f"| {kernel} |" in text, kernel
     assert "SINGLE_D=True" in text and "SINGLE_D=False" in text  # both loop shapes
     assert "| wgmma |" in text
+    # the nearest rows carry their loop mix, for both epilogues
+    for biased in (0, 1):
+        assert re.search(rf"\| _nearest_kernel \|.* BIASED={biased} \|.*\| wgmma \| \d+ \| \d+ \| \d+ \| \d+ \| \d+ \| (yes|no) \|", text)
+
+
+SYNTHETIC_PTX = """
+.visible .entry k(
+)
+{
+	mov.u32 	%r1, 0;
+$L__BB0_1:
+	mbarrier.try_wait.parity.shared::cta.b64 	%p1, [%r2], %r3;
+	wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%f1}, %rd1, %rd2, 1, 1, 1, 0, 0;
+	wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%f1}, %rd1, %rd2, 1, 1, 1, 0, 0;
+	wgmma.wait_group.sync.aligned 0;
+	cp.async.cg.shared.global [%r4], [%rd3], 16, %r5;
+	min.f32 	%f2, %f1, %f3;
+	setp.lt.f32 	%p2, %f2, %f4;
+	// a comment; not an instruction
+	@%p3 bra 	$L__BB0_1;
+$L__BB0_2:
+	add.s32 	%r1, %r1, 1;
+	@%p4 bra 	$L__BB0_2;
+	ret;
+}
+"""
+
+
+def test_loop_mix_counts_the_mma_loop_only():
+    mix = gate.loop_mix(SYNTHETIC_PTX)
+    assert mix == {"loop_instrs": 8, "loop_mma": 2, "loop_waits": 2, "loop_copies": 1, "loop_other": 3,
+                   "copy_first": False}
+    copy_first = SYNTHETIC_PTX.replace("$L__BB0_1:\n", "$L__BB0_1:\n\tcp.async.cg.shared.global [%r4], [%rd3], 16;\n")
+    assert gate.loop_mix(copy_first)["copy_first"] is True
+    assert gate.loop_mix(SYNTHETIC_PTX.replace("wgmma.mma_async", "fma.rn")) == {}

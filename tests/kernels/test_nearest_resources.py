@@ -12,12 +12,13 @@ from lgvq.kernels import nearest  # noqa: E402
 
 #: (element size, input_precision the launcher passes) for bf16/fp16, fp32 TF32, fp32 3xTF32.
 DOT_KINDS = [(2, "ieee"), (4, "tf32"), (4, "tf32x3")]
-GPU_CONFIGS = [nearest._config(t) for t in dict.fromkeys(nearest.GPU_TILES + nearest.TF32X3_TILES)]
+GPU_CONFIGS = [nearest._config(t) for t in dict.fromkeys(nearest.GPU_TILES + nearest.TF32X3_TILES
+                                                          + nearest.TF32X3_MMA_SYNC_TILES)]
 
 
 def kept(d, elem, precision, arch=90):
     width = nearest.padded_d(d)
-    return nearest.launchable_configs(GPU_CONFIGS, width, elem, precision, nearest.SHARED_MEMORY_LIMIT[arch])
+    return nearest.launchable_configs(GPU_CONFIGS, width, elem, precision, nearest.SHARED_MEMORY_LIMIT[arch], arch)
 
 
 def model(config, d, elem, precision):
@@ -42,7 +43,7 @@ def test_fallback_is_the_smallest_tile_not_the_last_listed():
         for d in (1, 64, 256, 300, 4096):
             assert model(fallback, d, elem, precision) <= min(model(c, d, elem, precision) for c in GPU_CONFIGS)
     # A limit nothing listed fits: the fallback, not configs[-1] (which would need more).
-    tiny = nearest.launchable_configs(GPU_CONFIGS, 256, 4, "tf32", limit=40 * 1024)
+    tiny = nearest.launchable_configs(GPU_CONFIGS, 256, 4, "tf32", limit=40 * 1024, arch=90)
     assert [nearest._tile(c) for c in tiny] == [nearest.FALLBACK]
 
 
@@ -57,7 +58,7 @@ def test_paper_shape_d256_keeps_wgmma_sized_configs_on_hopper(elem, precision):
 
 
 def test_model_counts_the_x_tile_once_and_code_tiles_per_stage():
-    cfg = nearest._config((64, 128, 4, 3))
+    cfg = nearest._config((64, 128, 4, 3, 0))
     # bf16 d=256, x held whole: 64·256·2 once + 3 · 128·256·2, plus 64 rows · 4 warps · 8 B.
     assert nearest.shared_memory_bytes(cfg, 256, True, 2, "ieee") == 32768 + 3 * 65536 + 2048
     # tiled: both tiles per stage
@@ -87,3 +88,23 @@ def test_autotune_key_buckets_n():
     assert nearest.n_bucket(65536) == 65536 != nearest.n_bucket(4096)
     assert nearest.n_bucket(10**9) == 2**20
     assert "N_BUCKET" in nearest._nearest_kernel.keys
+
+
+def test_3xtf32_before_hopper_uses_tiles_with_16_accumulators_per_thread():
+    """mma.sync keeps the hi/lo operand fragments in registers: 32 accumulators per thread
+    (and 64-wide code tiles) reach 255 registers and spill on sm_80 (ptxas), 32-wide code tiles
+    do not; Hopper keeps its larger tiles."""
+    for d in (8, 64, 256, 1024):
+        for config in kept(d, 4, "tf32x3", arch=80):
+            per_thread = config.kwargs["BLOCK_N"] * config.kwargs["BLOCK_K"] // (32 * config.num_warps)
+            assert per_thread <= 16 and config.kwargs["BLOCK_K"] <= 32, (d, nearest._tile(config))
+    assert any(c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] // (32 * c.num_warps) == 32 for c in kept(64, 4, "tf32x3"))
+
+
+def test_short_epilogue_is_offered_beside_the_plain_one():
+    """Every biased (short-epilogue) tile has its plain twin listed too: nothing the autotuner
+    could pick before is gone."""
+    for tiles in (nearest.GPU_TILES, nearest.TF32X3_TILES):
+        for tile in tiles:
+            assert tile[:4] + (0,) in tiles
+        assert any(tile[4] for tile in tiles)
