@@ -63,17 +63,20 @@ def set_rng_state(state: dict) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """``path`` replaced by ``text`` in one step: written to a temporary beside it, then renamed."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    os.close(fd)
+    try:
+        _write(Path(tmp), path, lambda f: f.write(text.encode()))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _write(path: Path, shown: Path, write) -> None:
     """``write(file)`` into ``path``, flushed to disk; a failed write (a full disk) is an OSError
-    naming ``shown``, the file's place once the checkpoint is complete.
+    naming ``shown``, where the file goes once complete.
 
     Both serializers write through this Python file object, so a full disk surfaces as the OS's
     own error: given a path, torch's zip writer reports it as "enforce fail ... unexpected pos".
@@ -85,7 +88,7 @@ def _write(path: Path, shown: Path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
     except OSError as error:
-        raise OSError(error.errno, f"{error.strerror or error} while writing the checkpoint", str(shown)) from None
+        raise OSError(error.errno, f"{error.strerror or error} while writing", str(shown)) from None
 
 
 def checkpoint_step(path: str | Path) -> int | None:

@@ -157,7 +157,7 @@ def test_a_full_disk_while_checkpointing_names_the_file(full, tmp_path, monkeypa
     monkeypatch.setattr(lgvq.experiment.checkpoint, "open", opening, raising=False)
     out = tmp_path / "run"
     line = _one_line_error(_tiny_train(out, "train.steps=1"), capsys)
-    assert line == (f"lgvq train: error: [Errno {errno.ENOSPC}] No space left on device while writing the checkpoint: "
+    assert line == (f"lgvq train: error: [Errno {errno.ENOSPC}] No space left on device while writing: "
                     f"'{out / 'checkpoints' / 'step_00000001' / full}'")
     assert os.listdir(out / "checkpoints") == []  # the half-written temporary is gone
 
