@@ -481,9 +481,10 @@ class TextEncoder(nn.Module, abc.ABC):
         if first_miss_row:
             fresh = self._encode_rows(tokens.rows(list(first_miss_row.values())))
             for caption, (words, sentence) in zip(first_miss_row, fresh):
-                features[caption] = (words.cpu(), sentence.cpu())
                 if self.cache is not None:
-                    self.cache.put(caption, *features[caption])
+                    features[caption] = self.cache.put(caption, words, sentence)
+                else:
+                    features[caption] = (words.to("cpu", copy=True), sentence.to("cpu", copy=True))
         return [features[caption] for caption in tokens.captions]
 
     def _lookup(self, caption: str) -> CaptionFeatures | None:

@@ -53,12 +53,14 @@ class CaptionFeatureCache:
             self._entries.move_to_end(caption)
         return entry
 
-    def put(self, caption: str, words: torch.Tensor, sentence: torch.Tensor) -> None:
-        """Store CPU copies (copies, so an entry never pins the chunk it was cut from)."""
-        self._entries[caption] = (words.to("cpu", copy=True), sentence.to("cpu", copy=True))
+    def put(self, caption: str, words: torch.Tensor, sentence: torch.Tensor) -> CaptionFeatures:
+        """Store CPU copies (copies, so an entry never pins the chunk it was cut from); return them."""
+        entry = (words.to("cpu", copy=True), sentence.to("cpu", copy=True))
+        self._entries[caption] = entry
         self._entries.move_to_end(caption)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+        return entry
 
 
 def encode_ahead(batches: Iterable[tuple], encoder, lookahead: int = LOOKAHEAD_BATCHES) -> Iterable[tuple]:
