@@ -93,14 +93,14 @@ class Trainer:
         return (clock() - t0) / steps
 
 
-def throughput(conditions: list[str], thread_counts: list[int], steps: int, clock) -> list[dict]:
+def throughput(conditions: list[str], thread_counts: list[int], steps: int, clock, cases: list[str]) -> list[dict]:
     rows = []
     for name in conditions:
         with condition(name) as info:
             timed = []
             for threads in thread_counts:
                 with torch_threads(threads):
-                    for case in CASES:
+                    for case in cases:
                         seconds = Trainer(case, steps).seconds_per_step(steps, clock)
                         timed.append({"condition": name, "threads": threads, "case": case, "seconds": seconds})
                         print(timed[-1], flush=True)
@@ -148,7 +148,7 @@ def lg_breakdown(steps: int) -> dict[str, float]:
 
 
 def throughput_table(rows: list[dict]) -> str:
-    lg_cases = [case for case in CASES if case != "plain"]
+    lg_cases = [case for case in CASES if case != "plain" and any(r["case"] == case for r in rows)]
     lines = ["| condition | other processes' load (cores) | threads | plain steps/s | "
              + " | ".join(f"{case} steps/s | {case} / plain step" for case in lg_cases) + " |",
              "|---|---:|---:|---:|" + "---:|---:|" * len(lg_cases)]
@@ -178,13 +178,18 @@ def main(argv: list[str] | None = None) -> None:
                         help="torch thread counts to time (default: 1 and every core)")
     parser.add_argument("--clock", choices=list(CLOCKS), default="wall",
                         help="what the throughput rows time (the breakdown is always wall time)")
+    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES),
+                        help="cases to time (plain is always timed: the ratios need it)")
+    parser.add_argument("--no-breakdown", action="store_true", help="skip the LG overhead breakdown")
     parser.add_argument("--no-save", action="store_true", help="print only; do not append to bench/results")
     args = parser.parse_args(argv)
     threads = set_cpu_threads()
     counts = sorted(set(args.threads or {1, threads}))
-    rows = throughput(args.conditions, counts, args.steps, CLOCKS[args.clock])
-    parts = lg_breakdown(args.steps)
-    tables = [throughput_table(rows), breakdown_table(parts)]
+    cases = ["plain", *[case for case in args.cases if case != "plain"]]
+    rows = throughput(args.conditions, counts, args.steps, CLOCKS[args.clock], cases)
+    tables = [throughput_table(rows)]
+    if not args.no_breakdown:
+        tables.append(breakdown_table(lg_breakdown(args.steps)))
     note = (f"{args.steps} timed steps per case after {WARMUP_STEPS} untimed ones; batch 16, 32×32 images; "
             f"captions encoded {LOOKAHEAD_BATCHES} steps ahead (encode_ahead); throughput clock: {args.clock}.")
     if args.no_save:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -38,7 +38,7 @@ LENGTH_GROUPS = 4
 #: A matmul's rounding depends on its shape (a caption's features differ by ~1e-6 between a
 #: batch of 1 and a batch of 4 of the same length); within one shape the rows are independent.
 CHUNK_ROWS = 8
-LENGTH_STEP = 8
+LENGTH_STEP = 4
 
 
 @dataclass(frozen=True)
@@ -377,10 +377,16 @@ class TextEncoder(nn.Module, abc.ABC):
             raise ValueError(
                 "mask must not cover special or padding positions (tokens.special_mask)"
             )
-        masked = replace(tokens, ids=tokens.ids.masked_fill(mask, self.mask_token_id), captions=None)
+        masked = TokenizedText(
+            ids=tokens.ids.masked_fill(mask, self.mask_token_id),
+            attention_mask=tokens.attention_mask,
+            special_mask=tokens.special_mask,
+            lengths=tokens.lengths,
+        )
         return self._encode_batch(masked)
 
     def _encode_batch(self, tokens: TokenizedText) -> EncodedText:
+        """``encode_masked``'s model runs: the whole batch, in ``_length_groups`` on the CPU."""
         tokens = tokens.to(self.device)
         ids, attention = tokens.ids, tokens.attention_mask.long()
         words = sentence = None
