@@ -4,7 +4,7 @@
     python -m bench.training --conditions idle --threads 1 --no-save   # a quicker look
 
 One process times the training loop's steps (``train_step`` and the batch stream, as
-``lgvq.train`` runs them) of ``configs/shapes-vqvae.yaml`` (plain) and
+``lgvq.experiment.train`` runs them) of ``configs/shapes-vqvae.yaml`` (plain) and
 ``configs/shapes-vqvae-lg.yaml`` (LG: the same model and data plus LanguageGuidance), on
 1 and on every torch thread, under the conditions of ``bench.contention`` (idle; one extra
 busy process), so the ratios compare like with like. LG runs twice: "LG, new captions" as in
@@ -32,14 +32,17 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from bench.common import set_cpu_threads, write_results
 from bench.contention import COMPETITORS, condition
-from lgvq.config import load_config, shipped_configs
 from lgvq.data import load_dataset
+from lgvq.experiment.batches import batches_from
+from lgvq.experiment.config import load_config, shipped_configs
+from lgvq.experiment.run import build_run, seed_everything
+from lgvq.experiment.splits import dataset_args
+from lgvq.experiment.train import make_optimizers, train_step
 from lgvq.guidance import LanguageGuidance
 from lgvq.guidance.semantic import MaskedTextPredictor
 from lgvq.text import TextEncoder, encode_ahead
 from lgvq.text.cache import LOOKAHEAD_BATCHES
 from lgvq.threads import torch_threads
-from lgvq.train import batches_from, build_run, dataset_args, make_optimizers, seed_everything, train_step
 
 #: case -> (config, whether the timed steps' captions are cached before timing)
 CASES = {
@@ -61,7 +64,7 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 class Trainer:
-    """A fresh run of one case, stepping through its own data stream as ``lgvq.train`` does."""
+    """A fresh run of one case, stepping through its own data stream as ``lgvq.experiment.train`` does."""
 
     def __init__(self, case: str, steps: int):
         name, cached = CASES[case]
