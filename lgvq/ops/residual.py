@@ -83,10 +83,13 @@ def _check_inputs(x: torch.Tensor, codebooks: torch.Tensor, metric: str) -> None
 
 
 def _stage_offsets(codes: torch.Tensor, cos: bool) -> torch.Tensor:
-    """(L, K) per-code score terms |e|^2 (zeros for unit codes), in the accumulation dtype."""
+    """(L, K) per-code score terms |e|^2 (zeros for unit codes), in the accumulation dtype;
+    once for a shared codebook (stage stride 0)."""
     dtype = _accumulate_dtype(codes)
     if cos:
         return codes.new_zeros(codes.shape[:2], dtype=dtype)
+    if codes.stride(0) == 0:
+        return codes[0].detach().to(dtype).pow(2).sum(dim=-1).expand(codes.shape[:2])
     return codes.detach().to(dtype).pow(2).sum(dim=-1)
 
 
@@ -97,28 +100,48 @@ def _stage_input(r: torch.Tensor, cos: bool) -> torch.Tensor:
 # ----------------------------------------------------------------------------- torch forward
 
 
-def residual_search_torch(x, codes, offsets, cos: bool):
-    """Reference forward over flat x (N, d): L tiled searches, one residual buffer.
+def residual_search_staged(x, codes, offsets, cos: bool, search_stage):
+    """Forward over flat x (N, d), one stage at a time on one residual buffer: the torch
+    reference (``search_stage`` = the tiled ``search_torch``), and the Triton path for rows
+    too wide for the fused kernel (the nearest kernel per stage).
 
-    Returns (Σ q_l in x's dtype, indices (N, L) int64, per-row squared errors (N, L) in the
+    Returns (x - r_L in x's dtype, indices (N, L) int64, per-row squared errors (N, L) in the
     accumulation dtype).
     """
     n, num_stages = x.shape[0], codes.shape[0]
     acc = _accumulate_dtype(x, codes)
     residual = x.to(acc, copy=True)
-    quantized = torch.zeros_like(residual)
     indices = x.new_empty((n, num_stages), dtype=torch.int64)
     sqerr = x.new_empty((n, num_stages), dtype=acc)
     for stage in range(num_stages):
-        stage_codes = codes[stage].to(acc)
         x_l = _stage_input(residual, cos)
-        _, idx = search_torch(x_l, stage_codes, offsets[stage])
-        q = stage_codes[idx]
+        idx = search_stage(x_l, codes[stage], offsets[stage])
+        q = codes[stage].to(acc)[idx]
         sqerr[:, stage] = (x_l - q).pow_(2).sum(dim=1)
-        quantized += q
         residual -= q
         indices[:, stage] = idx
-    return quantized.to(x.dtype), indices, sqerr
+    return (x.to(acc) - residual).to(x.dtype), indices, sqerr
+
+
+def _search_stage_torch(x_l, codes, offsets):
+    return search_torch(x_l, codes, offsets)[1]
+
+
+def _search_stage_triton(x_l, codes, offsets):
+    from lgvq.kernels.nearest import nearest_code_search
+
+    return nearest_code_search(x_l.to(codes.dtype), codes, offsets.float())[1]
+
+
+def residual_search(x, codes, offsets, cos: bool, backend: str):
+    """The forward of the resolved backend: the fused kernel where the rows fit on chip."""
+    if backend == "torch":
+        return residual_search_staged(x, codes, offsets, cos, _search_stage_torch)
+    from lgvq.kernels import residual as kernel
+
+    if kernel.fits_on_chip(x.shape[1]):
+        return kernel.residual_search(x, codes, offsets, cos)
+    return residual_search_staged(x, codes, offsets, cos, _search_stage_triton)
 
 
 # ----------------------------------------------------------------------------- backward
@@ -204,12 +227,7 @@ def residual_quantize_op(
 
     One registered op for both backends (the stage and tile loops, or the kernel launch, stay
     out of compiled graphs); ``residual_backward_op`` is its backward."""
-    if backend == "torch":
-        quantized, indices, sqerr = residual_search_torch(x, codes, offsets, cos)
-    else:
-        from lgvq.kernels.residual import residual_search
-
-        quantized, indices, sqerr = residual_search(x, codes, offsets, cos)
+    quantized, indices, sqerr = residual_search(x, codes, offsets, cos, backend)
     return quantized, indices, (sqerr.sum(dim=0) / x.numel()).to(torch.promote_types(x.dtype, torch.float32))
 
 
@@ -245,10 +263,13 @@ residual_quantize_op.register_autograd(_backward, setup_context=_save_for_backwa
 
 
 def _prepare(x, codebooks, num_stages, metric):
-    codebooks = stage_codebooks(codebooks, num_stages)
-    _check_inputs(x, codebooks, metric)
+    """(flat x, (L, K, d) codes, cos): cosine codes are normalised before a shared codebook is
+    expanded, so that it stays one (K, d) buffer."""
+    check_choice("metric", metric, METRICS)
     cos = metric == "cos"
-    codes = F.normalize(codebooks, dim=-1) if cos else codebooks
+    check_tensor("codebooks", codebooks, finite=False)
+    codes = stage_codebooks(F.normalize(codebooks, dim=-1) if cos else codebooks, num_stages)
+    _check_inputs(x, codes, metric)
     return x.reshape(-1, x.shape[-1]), codes, cos
 
 

@@ -227,3 +227,61 @@ def test_registered_ops(code_grad):
 def test_rejects_bad_input(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call()
+
+
+# ---- the Triton path (the interpreter on CPU) ---------------------------------------------------
+
+TRITON_SHAPES = [(1, 2, 5, 3), (21, 3, 45, 17), (19, 2, 70, 300)]  # d = 300: the per-stage fallback
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("rotation", [False, True])
+@pytest.mark.parametrize("metric", ["l2", "cos"])
+@pytest.mark.parametrize("n,num_stages,k,d", TRITON_SHAPES)
+def test_triton_matches_torch(n, num_stages, k, d, metric, rotation, device):
+    x, codebooks = (t.to(device) for t in _inputs(n, num_stages, k, d))
+    upstream, weights = torch.randn(n, d, device=device), torch.rand(num_stages, device=device) + 0.5
+
+    def with_backend(backend):
+        return lambda x, c: residual_quantize(x, c, metric=metric, rotation_trick=rotation, backend=backend)
+
+    assert_same(run(with_backend("triton"), x, codebooks, upstream, weights),
+                run(with_backend("torch"), x, codebooks, upstream, weights))
+
+
+@pytest.mark.triton
+def test_triton_shared_codebook_and_non_contiguous_input(device):
+    x = torch.randn(7, 3, 12, device=device).transpose(0, 1)
+    codebook = torch.randn(40, 12, device=device)
+    upstream, weights = torch.randn(x.shape, device=device), torch.ones(4, device=device)
+
+    def with_backend(backend):
+        return lambda x, c: residual_quantize(x, c, num_stages=4, backend=backend)
+
+    assert_same(run(with_backend("triton"), x, codebook, upstream, weights),
+                run(with_backend("torch"), x, codebook, upstream, weights))
+
+
+@pytest.mark.triton
+def test_triton_ties_pick_lowest_index(device):
+    codebooks = torch.randn(1, 1, 6, device=device).expand(2, 40, 6)  # every code equal, across code tiles
+    _, indices, _ = residual_quantize(torch.randn(5, 6, device=device), codebooks, backend="triton")
+    assert torch.equal(indices, torch.zeros(5, 2, dtype=torch.int64, device=device))
+
+
+@pytest.mark.triton
+def test_triton_registered_op(device):
+    x, codebooks = (t.to(device) for t in _inputs(13, 3, 40, 6))
+    torch.library.opcheck(residual_quantize_op, (x.requires_grad_(), codebooks, codebooks.pow(2).sum(-1),
+                                                 False, False, "triton"))
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_triton_half_precision_matches_torch(dtype):
+    x, codebooks = (t.to("cuda", dtype) for t in _inputs(300, 4, 1000, 128))
+    got = residual_quantize(x, codebooks, backend="triton")
+    want = residual_quantize(x, codebooks, backend="torch")
+    assert (got[1] == want[1]).float().mean() > 0.99  # near-ties may round either way in 16 bits
+    assert torch.allclose(got[2], want[2], rtol=2e-2)
