@@ -33,7 +33,17 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from bench.common import Case, Row, bench_device, format_table, measure_many, skipped, triton_skip_reason, write_results
+from bench.common import (
+    Case,
+    Row,
+    bench_device,
+    format_table,
+    measure_many,
+    run_options,
+    skipped,
+    triton_skip_reason,
+    write_results,
+)
 from bench.nearest import compiled_or_note
 from lgvq.ops import residual_code_statistics, residual_quantize
 
@@ -220,12 +230,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     args = p.parse_args(argv)
     device = bench_device(args.device, args.threads)
     names = ["quick"] if args.quick else (args.shapes.split(",") if args.shapes else DEFAULTS[device.type])
-    options = {
-        "repeats": args.repeats or (3 if args.quick else 5),
-        "budget_s": args.budget,
-        "compile_timeout": args.compile_timeout,
-        "providers": set(args.providers.split(",")) if args.providers else None,
-    }
+    options = run_options(args)
     tables = []
     for name in names:
         print(name, SHAPES[name], flush=True)

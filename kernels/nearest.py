@@ -193,6 +193,13 @@ if HAS_TRITON:
         return tl.where(better, tile_best, best), tl.where(better, tile_arg + k0, best_idx)
 
     @triton.jit
+    def code_tile(k0, k_end, e_ptr, stride_e, BLOCK_K: tl.constexpr):
+        """The codes [k0, k0 + BLOCK_K) of a tile, which of them lie before ``k_end``, and their
+        row pointers (64-bit offsets: codes * stride passes 2^31 once K·d does)."""
+        codes = k0 + tl.arange(0, BLOCK_K)
+        return codes, codes < k_end, e_ptr + codes.to(tl.int64)[:, None] * stride_e
+
+    @triton.jit
     def search_resident_rows(
         x_tile, e_ptr, enorm_ptr, k_begin, k_end, D, stride_e,
         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
@@ -204,9 +211,7 @@ if HAS_TRITON:
         best = tl.full([BLOCK_N], float("inf"), tl.float32)
         best_idx = tl.zeros([BLOCK_N], tl.int32)
         for k0 in range(k_begin, k_end, BLOCK_K):
-            codes = k0 + tl.arange(0, BLOCK_K)
-            code_ok = codes < k_end
-            e_rows = e_ptr + codes.to(tl.int64)[:, None] * stride_e
+            codes, code_ok, e_rows = code_tile(k0, k_end, e_ptr, stride_e, BLOCK_K)
             e_tile = tl.load(e_rows + dims[None, :], mask=code_ok[:, None] & (dims[None, :] < D), other=0.0)
             acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
             acc = tl.dot(x_tile, tl.trans(e_tile), acc, input_precision=PRECISION)
@@ -248,9 +253,7 @@ if HAS_TRITON:
             best = tl.full([BLOCK_N], float("inf"), tl.float32)
             best_idx = tl.zeros([BLOCK_N], tl.int32)
             for k0 in range(k_begin, k_end, BLOCK_K):
-                codes = k0 + tl.arange(0, BLOCK_K)
-                code_ok = codes < k_end
-                e_rows = e_ptr + codes.to(tl.int64)[:, None] * stride_e
+                codes, code_ok, e_rows = code_tile(k0, k_end, e_ptr, stride_e, BLOCK_K)
                 acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
                 for d0 in range(0, D, BLOCK_D):
                     d_ok = (d0 + dims) < D
