@@ -1,9 +1,10 @@
 """Faces of other VQ libraries over lgvq's fused ops.
 
-``VectorQuantize``: lucidrains' vector-quantize-pytorch. (taming-transformers' face is
-``lgvq.quantize.VectorQuantizer`` itself.)
+vector-quantize-pytorch's ``VectorQuantize``, ``ResidualVQ`` and ``GroupedResidualVQ``.
+(taming-transformers' face is ``lgvq.quantize.VectorQuantizer`` itself.)
 """
 
+from lgvq.compat.residual_vq import GroupedResidualVQ, ResidualVQ
 from lgvq.compat.vector_quantize import VectorQuantize
 
-__all__ = ["VectorQuantize"]
+__all__ = ["VectorQuantize", "ResidualVQ", "GroupedResidualVQ"]

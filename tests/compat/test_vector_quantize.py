@@ -8,6 +8,8 @@ import torch
 import lgvq.compat.codebook as codebook_module
 from lgvq.compat import VectorQuantize
 
+from .vqp_comparison import assert_matches, step
+
 vqp = pytest.importorskip("vector_quantize_pytorch", reason="vector-quantize-pytorch (the oracle) is not installed")
 
 CASES = {
@@ -47,39 +49,6 @@ def twins(**kwargs):
             ours._codebook.embed.copy_(torch.nn.functional.normalize(ours._codebook.embed, dim=-1))
     theirs.load_state_dict(ours.state_dict(), strict=True)
     return ours, theirs
-
-
-def step(quantizer, x, upstream, seed=1, **forward_kwargs):
-    """A training forward and backward of ⟨quantized, upstream⟩ + 2·loss."""
-    x = x.detach().clone().requires_grad_(True)
-    torch.manual_seed(seed)  # the same draws for dead-code restarts
-    quantized, indices, loss = quantizer(x, **forward_kwargs)
-    ((quantized * upstream).sum() + 2 * loss).backward()
-    grads = {name: p.grad for name, p in quantizer.named_parameters()}
-    return quantized.detach(), indices, loss.detach(), x.grad, grads, quantizer.state_dict()
-
-
-def max_differences(ours, theirs) -> dict:
-    """Largest absolute difference of every compared quantity (indices: count of mismatches)."""
-    q, idx, loss, x_grad, grads, state = ours
-    rq, ridx, rloss, rx_grad, rgrads, rstate = theirs
-    assert idx.shape == ridx.shape and q.shape == rq.shape
-    out = {"quantized": (q - rq).abs().max().item(), "indices": int((idx != ridx).sum()),
-           "loss": (loss - rloss).abs().item(), "x.grad": (x_grad - rx_grad).abs().max().item()}
-    assert grads.keys() == rgrads.keys()
-    for name in grads:
-        out[f"grad {name}"] = (grads[name] - rgrads[name]).abs().max().item()
-    assert state.keys() == rstate.keys()
-    for name in state:
-        out[name] = (state[name].float() - rstate[name].float()).abs().max().item()
-    return out
-
-
-def assert_matches(ours, theirs, tol=1e-5):
-    diffs = max_differences(ours, theirs)
-    assert diffs["indices"] == 0, diffs
-    bad = {k: v for k, v in diffs.items() if v > tol * max(1.0, abs(theirs[2].item()))}
-    assert not bad, bad
 
 
 @pytest.mark.parametrize("case", list(CASES))
