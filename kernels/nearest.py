@@ -182,6 +182,37 @@ def n_bucket(n: int) -> int:
 
 if HAS_TRITON:
 
+    @triton.jit
+    def fold_code_tile(acc, codes, code_ok, enorm_ptr, k0, best, best_idx):
+        """Fold one tile of dots x·e (BLOCK_N, BLOCK_K) into the running (min, argmin) of
+        ``|e|^2 - 2 x·e``; codes outside ``code_ok`` score +inf, ties keep the earlier tile."""
+        enorm = tl.load(enorm_ptr + codes, mask=code_ok, other=0.0)
+        score = tl.where(code_ok[None, :], enorm[None, :] - 2.0 * acc, float("inf"))
+        tile_best, tile_arg = tl.min(score, axis=1, return_indices=True)
+        better = tile_best < best  # strict: an earlier tile wins ties
+        return tl.where(better, tile_best, best), tl.where(better, tile_arg + k0, best_idx)
+
+    @triton.jit
+    def search_resident_rows(
+        x_tile, e_ptr, enorm_ptr, k_begin, k_end, D, stride_e,
+        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    ):
+        """(min score, argmin) over codes [k_begin, k_end) for a row tile held whole on chip
+        (BLOCK_N, BLOCK_D), streaming the codes in BLOCK_K tiles (the software-pipelined loop).
+        Shared by the nearest kernel and the fused residual kernel."""
+        dims = tl.arange(0, BLOCK_D)
+        best = tl.full([BLOCK_N], float("inf"), tl.float32)
+        best_idx = tl.zeros([BLOCK_N], tl.int32)
+        for k0 in range(k_begin, k_end, BLOCK_K):
+            codes = k0 + tl.arange(0, BLOCK_K)
+            code_ok = codes < k_end
+            e_rows = e_ptr + codes.to(tl.int64)[:, None] * stride_e
+            e_tile = tl.load(e_rows + dims[None, :], mask=code_ok[:, None] & (dims[None, :] < D), other=0.0)
+            acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+            acc = tl.dot(x_tile, tl.trans(e_tile), acc, input_precision=PRECISION)
+            best, best_idx = fold_code_tile(acc, codes, code_ok, enorm_ptr, k0, best, best_idx)
+        return best, best_idx
+
     @triton.autotune(
         configs=_configs(),
         key=["K", "D", "N_BUCKET", "PRECISION"],
@@ -210,30 +241,23 @@ if HAS_TRITON:
 
         if SINGLE_D:  # the whole row fits one tile: load x once, reuse it for every code tile
             x_tile = tl.load(x_rows + dims[None, :], mask=row_ok[:, None] & (dims[None, :] < D), other=0.0)
-
-        best = tl.full([BLOCK_N], float("inf"), tl.float32)
-        best_idx = tl.zeros([BLOCK_N], tl.int32)
-        for k0 in range(k_begin, k_end, BLOCK_K):
-            codes = k0 + tl.arange(0, BLOCK_K)
-            code_ok = codes < k_end
-            e_rows = e_ptr + codes.to(tl.int64)[:, None] * stride_e
-            acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-            if SINGLE_D:
-                e_tile = tl.load(e_rows + dims[None, :], mask=code_ok[:, None] & (dims[None, :] < D), other=0.0)
-                acc = tl.dot(x_tile, tl.trans(e_tile), acc, input_precision=PRECISION)
-            else:
+            best, best_idx = search_resident_rows(
+                x_tile, e_ptr, enorm_ptr, k_begin, k_end, D, stride_e, BLOCK_N, BLOCK_K, BLOCK_D, PRECISION
+            )
+        else:
+            best = tl.full([BLOCK_N], float("inf"), tl.float32)
+            best_idx = tl.zeros([BLOCK_N], tl.int32)
+            for k0 in range(k_begin, k_end, BLOCK_K):
+                codes = k0 + tl.arange(0, BLOCK_K)
+                code_ok = codes < k_end
+                e_rows = e_ptr + codes.to(tl.int64)[:, None] * stride_e
+                acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
                 for d0 in range(0, D, BLOCK_D):
                     d_ok = (d0 + dims) < D
                     x_part = tl.load(x_rows + (d0 + dims)[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
                     e_part = tl.load(e_rows + (d0 + dims)[None, :], mask=code_ok[:, None] & d_ok[None, :], other=0.0)
                     acc = tl.dot(x_part, tl.trans(e_part), acc, input_precision=PRECISION)
-            enorm = tl.load(enorm_ptr + codes, mask=code_ok, other=0.0)
-            score = enorm[None, :] - 2.0 * acc
-            score = tl.where(code_ok[None, :], score, float("inf"))
-            tile_best, tile_arg = tl.min(score, axis=1, return_indices=True)
-            better = tile_best < best  # strict: an earlier tile wins ties
-            best = tl.where(better, tile_best, best)
-            best_idx = tl.where(better, tile_arg + k0, best_idx)
+                best, best_idx = fold_code_tile(acc, codes, code_ok, enorm_ptr, k0, best, best_idx)
 
         out = split.to(tl.int64) * N + rows
         tl.store(score_out_ptr + out, best, mask=row_ok)

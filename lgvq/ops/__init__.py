@@ -3,6 +3,15 @@
 from lgvq.ops.nearest import nearest_code
 from lgvq.ops.quantize import vector_quantize
 from lgvq.ops.relation import relation_alignment_loss
+from lgvq.ops.residual import residual_code_statistics, residual_quantize, stage_inputs
 from lgvq.ops.stats import code_counts_and_sums
 
-__all__ = ["nearest_code", "vector_quantize", "relation_alignment_loss", "code_counts_and_sums"]
+__all__ = [
+    "nearest_code",
+    "vector_quantize",
+    "relation_alignment_loss",
+    "code_counts_and_sums",
+    "residual_quantize",
+    "residual_code_statistics",
+    "stage_inputs",
+]
