@@ -17,9 +17,9 @@ training
     commit_losses[l] = commitment_weight · mean((sg(e_l) − r_l)²)
     r_{l+1} = r_l − (f·q_l + (1 − f)·sg(q_l))      (f = quant_grad_frac, 0 by default)
 
-What changes is the work: the L searches are one call of ``residual_indices`` (no (N, K)
-distance matrix at any stage) and each stage's statistics are ``code_counts_and_sums`` (no
-(N, K) one-hot).
+What changes is the work: the L searches are one call of the fused
+``lgvq.ops.residual_quantize`` (no (N, K) distance matrix at any stage) and each stage's
+statistics are ``code_counts_and_sums`` (no (N, K) one-hot).
 
 Options: ``num_quantizers``, ``codebook_size`` (an int, or one per stage), ``codebook_dim``,
 ``shared_codebook``, ``quantize_dropout`` (training stops after a random stage l ≥
@@ -47,7 +47,7 @@ from lgvq.checks import check_positive, check_tensor
 from lgvq.compat.codebook import l2norm
 from lgvq.compat.vector_quantize import VectorQuantize, check_indices, commit_and_pass_gradient, lens_to_mask
 from lgvq.compat.vector_quantize import reject_unsupported
-from lgvq.ops import nearest_code
+from lgvq.ops import nearest_code, residual_quantize
 
 #: vector-quantize-pytorch's ResidualVQ options this face does not implement, with their defaults.
 UNSUPPORTED_RESIDUAL_DEFAULTS = {
@@ -63,8 +63,13 @@ def residual_indices(z: torch.Tensor, codebooks, metric: str, backend: str = "au
     """The codes (N, L) a residual search picks for z (N, d) through L codebooks (K_l, d):
     stage l searches r_l (r_0 = z; l2-normalised for ``metric="cos"``) and r_{l+1} = r_l − e_l.
 
-    The one place the stages are searched: a loop of ``nearest_code`` (tiled, no (N, K)
-    matrix), each stage one pass over its codebook."""
+    The one place the stages are searched: the fused ``residual_quantize`` (all stages in one
+    pass, no (N, K) matrix) when the stages have one codebook size, else ``nearest_code`` stage
+    by stage. Gradients and losses are the face's (vqp's per-stage rules), so only the indices
+    are taken."""
+    if len({book.shape[0] for book in codebooks}) == 1:
+        with torch.no_grad():
+            return residual_quantize(z, torch.stack(codebooks), metric=metric, backend=backend)[1]
     residual, chosen = z, []
     for book in codebooks:
         idx, _ = nearest_code(l2norm(residual) if metric == "cos" else residual, book, metric, backend=backend)

@@ -165,7 +165,8 @@ def test_vqp_checkpoint_loads_strictly():
 
 
 def test_the_stages_are_searched_by_one_function(monkeypatch):
-    """No (N, K) distance matrix: all stages go through residual_indices, once per step."""
+    """No (N, K) distance matrix: all stages go through residual_indices, once per step, and
+    with one codebook size that is the fused op (no stage-by-stage nearest_code)."""
     calls = []
     search = residual_module.residual_indices
 
@@ -175,6 +176,7 @@ def test_the_stages_are_searched_by_one_function(monkeypatch):
 
     monkeypatch.setattr(residual_module, "residual_indices", spy)
     monkeypatch.setattr(torch, "cdist", lambda *a, **k: pytest.fail("an N×K distance matrix was built"))
+    monkeypatch.setattr(residual_module, "nearest_code", lambda *a, **k: pytest.fail("searched stage by stage"))
     ResidualVQ(dim=6, num_quantizers=4, codebook_size=12, use_cosine_sim=True).train()(torch.randn(2, 5, 6))
     assert calls == [((10, 6), 4, "cos")]
 
