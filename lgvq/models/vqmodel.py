@@ -1,8 +1,8 @@
 """``VQModel``: encoder → quant_conv → quantizer → post_quant_conv → decoder.
 
 One skeleton for VQ-VAE (no attention, L1/L2 loss) and VQ-GAN (attention + the GAN/perceptual
-loss of ``lgvq.models.losses``); the quantizer is lgvq's ``VectorQuantizer`` (``"vq"``, ``"ema"``)
-or ``ClusteredVectorQuantizer`` (``"cvq"``). Submodule names are taming's (``encoder``,
+loss of ``lgvq.models.losses``); the quantizer is lgvq's ``VectorQuantizer`` (``"vq"``, ``"ema"``),
+``ClusteredVectorQuantizer`` (``"cvq"``) or ``ResidualQuantizer`` (``"rvq"``: indices (B, h, w, L)). Submodule names are taming's (``encoder``,
 ``quant_conv``, ``quantize``, ``post_quant_conv``, ``decoder``), so the autoencoder part of a
 taming / LG-VQ checkpoint loads with ``load_state_dict``.
 """
@@ -17,9 +17,9 @@ from torch import nn
 
 from lgvq.checks import check_choice, check_tensor
 from lgvq.models.modules import Decoder, Encoder
-from lgvq.quantize import ClusteredVectorQuantizer, VectorQuantizer
+from lgvq.quantize import ClusteredVectorQuantizer, ResidualQuantizer, VectorQuantizer
 
-QUANTIZERS = ("vq", "ema", "cvq")
+QUANTIZERS = ("vq", "ema", "cvq", "rvq")
 
 
 @dataclass
@@ -38,7 +38,7 @@ class VQModelConfig:
     z_channels: int = 256
     embed_dim: int = 256  # code dimension d
     n_embed: int = 1024  # codebook size K
-    quantizer: str = "vq"  # "vq" | "ema" | "cvq"
+    quantizer: str = "vq"  # "vq" | "ema" | "cvq" | "rvq"
     beta: float = 0.25
     # lgvq's models use the fixed weighting (beta on the commitment term) unless an entry says
     # legacy=True (taming's VectorQuantizer2 default, and VectorQuantizer's: beta on the codebook term)
@@ -50,12 +50,16 @@ class VQModelConfig:
     cvq_anchor: str = "probrandom"
     cvq_decay: float = 0.99
     cvq_contrastive: bool = False
+    num_stages: int = 4  # rvq: residual stages L
+    codebook_dim: int = 0  # rvq: factorised codes of this dimension (0: embed_dim, no projection)
     backend: str = "auto"
 
     def __post_init__(self):
         self.ch_mult = tuple(self.ch_mult)
         self.attn_resolutions = tuple(self.attn_resolutions)
         check_choice("quantizer", self.quantizer, QUANTIZERS)
+        if self.quantizer == "rvq" and self.kmeans_init:
+            raise ValueError("kmeans_init is not supported by quantizer='rvq' (its stages start from dead-code restarts)")
 
     @property
     def downsample_factor(self) -> int:
@@ -80,6 +84,12 @@ def build_quantizer(config: VQModelConfig) -> VectorQuantizer:
         metric=config.metric, kmeans_init=config.kmeans_init, dead_code_threshold=config.dead_code_threshold,
         sane_index_shape=True, track_usage=True, backend=config.backend,
     )
+    if config.quantizer == "rvq":
+        return ResidualQuantizer(
+            config.n_embed, config.embed_dim, config.num_stages, config.beta, codebook_dim=config.codebook_dim or None,
+            metric=config.metric, decay=config.ema_decay, dead_code_threshold=config.dead_code_threshold,
+            track_usage=True, backend=config.backend,
+        )
     if config.quantizer == "cvq":
         return ClusteredVectorQuantizer(
             config.n_embed, config.embed_dim, config.beta, anchor=config.cvq_anchor, cvq_decay=config.cvq_decay,
@@ -95,7 +105,7 @@ def build_quantizer(config: VQModelConfig) -> VectorQuantizer:
 class VQOutput:
     x_rec: torch.Tensor  # (B, in_channels, H, W)
     z_q: torch.Tensor  # (B, embed_dim, h, w), straight-through
-    indices: torch.Tensor  # int64 (B, h, w)
+    indices: torch.Tensor  # int64 (B, h, w); (B, h, w, L) for residual codes
     vq_loss: torch.Tensor  # fp32 scalar from the quantizer
     perplexity: torch.Tensor  # of this batch's code histogram
     usage: torch.Tensor  # fraction of codes used within the quantizer's usage window
@@ -145,8 +155,9 @@ class VQModel(nn.Module):
         return self.decoder(self.post_quant_conv(z_q))
 
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """Code indices (B, h, w) → images."""
-        check_tensor("indices", indices, ndim=3, dtypes=(torch.int64, torch.int32), finite=False)
+        """Code indices (B, h, w), or (B, h, w, L) for residual codes → images."""
+        ndim = 4 if self.config.quantizer == "rvq" else 3
+        check_tensor("indices", indices, ndim=ndim, dtypes=(torch.int64, torch.int32), finite=False)
         codes = self.quantize.get_codebook_entry(indices)  # (B, h, w, d)
         return self.decode(codes.permute(0, 3, 1, 2))
 
