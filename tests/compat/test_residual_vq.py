@@ -18,22 +18,15 @@ import torch
 import lgvq.compat.residual_vq as residual_module
 from lgvq.compat import GroupedResidualVQ, ResidualVQ
 
-from .vqp_comparison import assert_matches, step
+from .vqp_comparison import CODEBOOK_CASES, assert_matches, step
 
 vqp = pytest.importorskip("vector_quantize_pytorch", reason="vector-quantize-pytorch (the oracle) is not installed")
 
 CASES = {
-    "defaults (rotation trick)": {},
-    "straight-through": dict(rotation_trick=False),
-    "cosine": dict(use_cosine_sim=True),
-    "projection": dict(codebook_dim=4),
+    **CODEBOOK_CASES,
     "shared codebook": dict(shared_codebook=True),
-    "dead codes": dict(threshold_ema_dead_code=2.0),
-    "dead codes, cosine": dict(threshold_ema_dead_code=2.0, use_cosine_sim=True),
-    "decay and weight": dict(decay=0.5, commitment_weight=0.3),
     "gradient fraction": dict(quant_grad_frac=0.1),
     "sizes per stage": dict(codebook_size=(12, 8, 5), num_quantizers=None),
-    "learnable codebook": dict(learnable_codebook=True, ema_update=False),
     "quantizer dropout": dict(quantize_dropout=True, num_quantizers=4),
     "structured dropout": dict(quantize_dropout=True, num_quantizers=5, quantize_dropout_cutoff_index=1,
                                quantize_dropout_multiple_of=2, threshold_ema_dead_code=2.0),

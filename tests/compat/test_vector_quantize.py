@@ -8,20 +8,13 @@ import torch
 import lgvq.compat.codebook as codebook_module
 from lgvq.compat import VectorQuantize
 
-from .vqp_comparison import assert_matches, step
+from .vqp_comparison import CODEBOOK_CASES, assert_matches, step
 
 vqp = pytest.importorskip("vector_quantize_pytorch", reason="vector-quantize-pytorch (the oracle) is not installed")
 
 CASES = {
-    "defaults (rotation trick)": {},
-    "straight-through": dict(rotation_trick=False),
-    "cosine": dict(use_cosine_sim=True),
-    "projection": dict(codebook_dim=4),
-    "decay and weight": dict(decay=0.5, commitment_weight=0.3, eps=1e-3),
-    "learnable codebook": dict(learnable_codebook=True, ema_update=False),
+    **CODEBOOK_CASES,
     "frozen codebook": dict(ema_update=False),
-    "dead codes": dict(threshold_ema_dead_code=2.0),
-    "dead codes, cosine": dict(threshold_ema_dead_code=2.0, use_cosine_sim=True),
     "a codebook per head": dict(heads=2, codebook_dim=3, separate_codebook_per_head=True, threshold_ema_dead_code=2.0),
     "heads sharing a codebook": dict(heads=2, codebook_dim=3, threshold_ema_dead_code=2.0),
     "heads, projected": dict(heads=2, codebook_dim=4, separate_codebook_per_head=True),

@@ -2,6 +2,18 @@
 
 import torch
 
+#: Options every vqp face is compared under (each test file adds its class's own).
+CODEBOOK_CASES = {
+    "defaults (rotation trick)": {},
+    "straight-through": dict(rotation_trick=False),
+    "cosine": dict(use_cosine_sim=True),
+    "projection": dict(codebook_dim=4),
+    "decay and weight": dict(decay=0.5, commitment_weight=0.3, eps=1e-3),
+    "learnable codebook": dict(learnable_codebook=True, ema_update=False),
+    "dead codes": dict(threshold_ema_dead_code=2.0),
+    "dead codes, cosine": dict(threshold_ema_dead_code=2.0, use_cosine_sim=True),
+}
+
 
 def step(quantizer, x, upstream, seed=1, **forward_kwargs):
     """A training forward and backward of ⟨quantized, upstream⟩ + Σ_i 2i·loss_i (losses of
