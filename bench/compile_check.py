@@ -76,7 +76,10 @@ MODES = {
 CI_NEAREST = {"fp32-tf32x3": (64, 256), "fp32-tf32": (64, 256), "bf16": (256, 300)}
 CI_ROWS = {"fp32-tf32x3": (300,), "bf16": (64,)}
 CHECK_OFFSETS = ("_nearest_kernel", "_gather_sqerr_kernel", "_quantize_backward_kernel",
-                 "_counts_sums_kernel", "_segment_sum_sorted_kernel")
+                 "_counts_sums_kernel", "_segment_sum_sorted_kernel", "_residual_kernel")
+#: The fused residual kernel holds rows of up to 128 elements: factorised audio codes (d = 8)
+#: to an audio codec's d = 128 (wider rows search stage by stage with the nearest kernel).
+RESIDUAL_DIMS = (8, 64, 128)
 
 
 # --------------------------------------------------------------------------- recording launches
@@ -137,6 +140,9 @@ def capture_launches(arch: int):
         self.nargs = None
 
     def _nearest_model(tuner, config, kwargs):
+        if _jit_function(tuner.fn).__name__ == "_residual_kernel":  # the same model, x held whole
+            e = tuner.nargs["e_ptr"]
+            return nearest.shared_memory_bytes(config, kwargs["BLOCK_D"], True, e.element_size(), kwargs["PRECISION"])
         if _jit_function(tuner.fn).__name__ != "_nearest_kernel":
             return None
         x = tuner.nargs["x_ptr"]
@@ -196,6 +202,19 @@ def _relation_launches(mode: str, d: int, label: dict):
         relation_backward(tokens, state, torch.empty((), device="meta"))
 
 
+def _residual_launches(mode: str, d: int, label: dict):
+    from lgvq.kernels.residual import residual_search
+
+    dtype = MODES[mode][0]
+    shapes = ((16384, 8, 1024), (16384, 32, 1024), (65536, 4, 16384)) if label["subset"] == "full" else ((16384, 8, 1024),)
+    for n, stages, k in shapes:  # audio codecs (L = 8, 32), an image tokenizer
+        x = torch.empty(n, d, device="meta", dtype=dtype)
+        codes = torch.empty(stages, k, d, device="meta", dtype=dtype)
+        for cos in (False, True):
+            label["shape"] = f"N={n} L={stages} K={k}" + (" cos" if cos else "")
+            residual_search(x, codes, torch.empty(stages, k, device="meta"), cos)
+
+
 @contextlib.contextmanager
 def _deterministic(on: bool):
     before = torch.are_deterministic_algorithms_enabled()
@@ -211,11 +230,13 @@ def plan(arch: int, subset: str) -> list[Launch]:
     if subset == "ci":
         cases = [("nearest", m, d) for m, dims in CI_NEAREST.items() for d in dims]
         cases += [("rows", m, d) for m, dims in CI_ROWS.items() for d in dims]
-        cases += [("relation", "fp32-tf32x3", 768)]
+        cases += [("relation", "fp32-tf32x3", 768), ("residual", "fp32-tf32x3", 128), ("residual", "bf16", 8)]
     else:
         cases = [(fam, m, d) for fam in ("nearest", "rows") for m in MODES for d in DIMS]
         cases += [("relation", m, d) for m in MODES for d in (300, 768)]
-    makers = {"nearest": _nearest_launches, "rows": _row_launches, "relation": _relation_launches}
+        cases += [("residual", m, d) for m in MODES for d in RESIDUAL_DIMS]
+    makers = {"nearest": _nearest_launches, "rows": _row_launches, "relation": _relation_launches,
+              "residual": _residual_launches}
     unique: dict[str, Launch] = {}
     with capture_launches(arch) as (launches, label):
         for family, mode, d in cases:
@@ -267,9 +288,9 @@ def i32_tensor_multiplies(ttir: str) -> int:
 
 
 def _kernel_function(name: str) -> JITFunction:
-    from lgvq.kernels import nearest, quantize, relation
+    from lgvq.kernels import nearest, quantize, relation, residual
 
-    for module in (nearest, quantize, relation):
+    for module in (nearest, quantize, relation, residual):
         if hasattr(module, name):
             return _jit_function(getattr(module, name))
     raise KeyError(name)

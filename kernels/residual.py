@@ -17,7 +17,9 @@ with the nearest kernel instead.
 
 Resources: the residual costs ``BLOCK_N·BLOCK_D / (32·num_warps)`` registers per thread, so
 configs are pruned to at most ``RESIDENT_ELEMENTS`` elements per program, then by shared
-memory with the nearest kernel's model (x tile once + ``num_stages`` code tiles).
+memory with the nearest kernel's model (x tile once + ``num_stages`` code tiles). Tile lists
+and ``MAX_RESIDENT_D`` come from sm_90 compiles of the candidates (``bench/compile_check.py``):
+wider rows or wider code tiles spilled hundreds to thousands of bytes.
 """
 
 from __future__ import annotations
@@ -33,18 +35,23 @@ if HAS_TRITON:
 
     from .nearest import search_resident_rows
 
-#: Widest row (elements, after rounding up to a power of two) held on chip.
-MAX_RESIDENT_D = 256
-#: BLOCK_N·BLOCK_D of the resident residual: 64 fp32 registers per thread with 4 warps.
+#: Widest row (elements, after rounding up to a power of two) held on chip: at d = 256 every
+#: config spills on sm_90 (the residual, the operand copy of x_l and the dot's accumulators).
+MAX_RESIDENT_D = 128
+#: BLOCK_N·BLOCK_D of the resident residual: 32 fp32 registers per thread with 8 warps.
 RESIDENT_ELEMENTS = 8192
-#: (BLOCK_N, BLOCK_K, num_warps, num_stages); the prune keeps those that fit the row width.
-TILES = [
+#: (BLOCK_N, BLOCK_K, num_warps, num_stages) for fp32 operands (TF32 and 3xTF32: the split
+#: operands need 8 warps and narrow code tiles to stay clear of spills) and for fp16/bf16;
+#: the prune keeps those whose resident rows fit.
+FP32_TILES = [
+    (128, 32, 8, 3),
+    (64, 32, 8, 3),
+    (64, 32, 8, 2),
+]
+HALF_TILES = [
     (128, 64, 8, 3),
-    (64, 128, 4, 3),
-    (64, 64, 4, 3),
+    (64, 64, 8, 3),
     (32, 64, 4, 3),
-    (32, 128, 4, 2),
-    (16, 64, 4, 3),
 ]
 #: The interpreter: one small config; small tiles make tiny test shapes cross code tiles.
 INTERPRET_TILE = (16, 32, 1, 1)
@@ -64,17 +71,24 @@ def _config(tile):
 
 
 def _configs():
-    return [_config(INTERPRET_TILE)] if INTERPRET else [_config(t) for t in TILES]
+    return [_config(INTERPRET_TILE)] if INTERPRET else [_config(t) for t in FP32_TILES + HALF_TILES]
+
+
+def _tile(config):
+    return (config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"], config.num_warps, config.num_stages)
 
 
 def launchable_configs(configs, block_d: int, elem_size: int, precision: str, limit: int):
-    """The configs whose resident residual and shared memory fit rows of ``block_d``."""
+    """The configs listed for the operand dtype whose resident residual and shared memory fit
+    rows of ``block_d``; the last listed tile when none does."""
+    listed = FP32_TILES if elem_size == 4 else HALF_TILES
     kept = [
         c for c in configs
-        if c.kwargs["BLOCK_N"] * block_d <= RESIDENT_ELEMENTS
+        if _tile(c) in listed
+        and c.kwargs["BLOCK_N"] * block_d <= RESIDENT_ELEMENTS
         and shared_memory_bytes(c, block_d, True, elem_size, precision) <= limit
     ]
-    return kept or [_config(TILES[-1])]
+    return kept or [_config(listed[-1])]
 
 
 def _prune_configs(configs, named_args, **kwargs):

@@ -38,6 +38,7 @@ r_l stage by stage (``_walk_stages``), O(L·N·d) work against the forward's O(L
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -45,11 +46,15 @@ import torch.nn.functional as F
 
 from lgvq.checks import check_choice, check_finite_if_strict, check_same_device, check_tensor
 from lgvq.ops.backend import resolve_backend
+from lgvq.ops.cpu import run_blocks
 from lgvq.ops.nearest import METRICS, _accumulate_dtype, search_torch
 from lgvq.ops.stats import code_counts_and_sums
 
 #: vqp's ``safe_div`` floor for the norms in the rotation trick.
 ROTATION_EPS = 1e-6
+#: Rows per block of the CPU path: a block's residual, codes and score tile stay in cache
+#: while it runs all L stages; N = 16,384 gives 32 blocks to balance over the workers.
+ROW_BLOCK = 512
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -101,26 +106,58 @@ def _stage_input(r: torch.Tensor, cos: bool) -> torch.Tensor:
 
 
 def residual_search_staged(x, codes, offsets, cos: bool, search_stage):
-    """Forward over flat x (N, d), one stage at a time on one residual buffer: the torch
-    reference (``search_stage`` = the tiled ``search_torch``), and the Triton path for rows
-    too wide for the fused kernel (the nearest kernel per stage).
+    """Forward over flat x (N, d), one stage at a time: the torch reference (``search_stage`` =
+    the tiled ``search_torch``), and the Triton path for rows too wide for the fused kernel
+    (the nearest kernel per stage). On the CPU each block of rows runs all L stages on one
+    single-threaded worker (``for_row_blocks``), its residual staying in cache.
 
     Returns (x - r_L in x's dtype, indices (N, L) int64, per-row squared errors (N, L) in the
     accumulation dtype).
     """
     n, num_stages = x.shape[0], codes.shape[0]
     acc = _accumulate_dtype(x, codes)
-    residual = x.to(acc, copy=True)
+    quantized = torch.empty((n, x.shape[1]), device=x.device, dtype=x.dtype)
     indices = x.new_empty((n, num_stages), dtype=torch.int64)
     sqerr = x.new_empty((n, num_stages), dtype=acc)
-    for stage in range(num_stages):
-        x_l = _stage_input(residual, cos)
-        idx = search_stage(x_l, codes[stage], offsets[stage])
-        q = codes[stage].to(acc)[idx]
-        sqerr[:, stage] = (x_l - q).pow_(2).sum(dim=1)
-        residual -= q
-        indices[:, stage] = idx
-    return (x.to(acc) - residual).to(x.dtype), indices, sqerr
+
+    def block(rows: slice, _scratch) -> None:
+        x_rows = x[rows].to(acc)
+        residual = x_rows.clone()
+        for stage in range(num_stages):
+            x_l = _stage_input(residual, cos)
+            idx = search_stage(x_l, codes[stage], offsets[stage])
+            q = codes[stage].to(acc)[idx]
+            sqerr[rows, stage] = (x_l - q).pow_(2).sum(dim=1)
+            residual -= q
+            indices[rows, stage] = idx
+        quantized[rows] = x_rows - residual
+
+    for_row_blocks(n, x.device, block)
+    return quantized, indices, sqerr
+
+
+def for_row_blocks(n: int, device: torch.device, block, scratch=None) -> list:
+    """Call ``block(rows, scratch)`` for every block of ``ROW_BLOCK`` rows (one block of all
+    rows off the CPU). On the CPU the blocks go to ``run_blocks``' single-threaded workers: no
+    OpenMP region per small op, which on a loaded machine waits for a descheduled thread at
+    every op (a (16384, 128) gather took 28 ms on 2 threads at load ~20, 0.7 ms on one).
+    ``scratch()`` makes one accumulator per worker; the list of them is returned."""
+    size = ROW_BLOCK if device.type == "cpu" else max(n, 1)
+    partials, lock = [], threading.Lock()
+
+    def work(blocks) -> None:
+        own = scratch() if scratch is not None else None
+        for b in blocks:
+            block(slice(b * size, min(n, (b + 1) * size)), own)
+        with lock:
+            partials.append(own)
+
+    count = -(-n // size)
+    if device.type == "cpu":
+        run_blocks(work, count)
+    else:
+        work(iter(range(count)))
+    return partials
 
 
 def _search_stage_torch(x_l, codes, offsets):
@@ -181,24 +218,35 @@ def rotation_vjp(x_l: torch.Tensor, q: torch.Tensor, grad: torch.Tensor) -> torc
 
 
 def residual_backward_torch(x, codes, indices, grad_quantized, grad_losses, cos: bool, rotation: bool, code_grad: bool):
-    """(grad_x, grad_codes) of the op, stage by stage (see the module docstring).
+    """(grad_x, grad_codes) of the op, stage by stage on blocks of rows (see the module docstring).
 
     Stage l's input gets S_l(g) from ``quantized`` plus 2·grad_loss_l·(x_l - q_l)/(N d) from its
-    loss; codebook l gets -2·grad_loss_l·(x_l - q_l)/(N d) at the chosen codes.
+    loss; codebook l gets -2·grad_loss_l·(x_l - q_l)/(N d) at the chosen codes (summed over the
+    workers' own buffers).
     """
     n, d = x.shape
     acc = _accumulate_dtype(x, codes)
-    grad_q = grad_quantized.to(acc)
     loss_scale = grad_losses.to(acc) * (2.0 / (n * d))
-    grad_x = torch.zeros((n, d), device=x.device, dtype=acc)
-    grad_codes = torch.zeros(codes.shape, device=x.device, dtype=acc) if code_grad else x.new_empty(0)
-    for stage, r, x_l, q in _walk_stages(x, codes, indices, cos):
-        err = (x_l - q) * loss_scale[stage]
-        through = rotation_vjp(x_l, q, grad_q) if rotation else grad_q
-        grad_x += normalize_vjp(r, through + err) if cos else through + err
-        if code_grad:
-            grad_codes[stage].index_add_(0, indices[:, stage], err, alpha=-1.0)
-    return grad_x.to(x.dtype), grad_codes.to(codes.dtype) if code_grad else grad_codes
+    grad_x = torch.empty((n, d), device=x.device, dtype=x.dtype)
+
+    def block(rows: slice, grad_codes) -> None:
+        grad_q = grad_quantized[rows].to(acc)
+        grad_rows = torch.zeros_like(grad_q)
+        for stage, r, x_l, q in _walk_stages(x[rows], codes, indices[rows], cos):
+            err = (x_l - q) * loss_scale[stage]
+            through = rotation_vjp(x_l, q, grad_q) if rotation else grad_q
+            grad_rows += normalize_vjp(r, through + err) if cos else through + err
+            if code_grad:
+                grad_codes[stage].index_add_(0, indices[rows, stage], err, alpha=-1.0)
+        grad_x[rows] = grad_rows
+
+    def code_buffer():
+        return torch.zeros(codes.shape, device=x.device, dtype=acc) if code_grad else None
+
+    partials = for_row_blocks(n, x.device, block, code_buffer)
+    if not code_grad:
+        return grad_x, x.new_empty(0)
+    return grad_x, torch.stack(partials).sum(dim=0).to(codes.dtype)
 
 
 @torch.library.custom_op("lgvq::residual_backward", mutates_args=())
@@ -337,11 +385,36 @@ def residual_code_statistics(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per stage, the counts (L, K) and sums (L, K, d) of the stage inputs x_l assigned to each
     code (what an EMA codebook update needs), without an (N, K) one-hot."""
-    codebooks = stage_codebooks(codebooks, num_stages)
-    num_codes = codebooks.shape[1]
-    stats = [
-        code_counts_and_sums(x_l, idx, num_codes, backend=backend)
-        for x_l, idx in zip(stage_inputs(x, codebooks, indices, metric=metric), indices.unbind(-1))
-    ]
-    counts, sums = zip(*stats)
-    return torch.stack(counts), torch.stack(sums)
+    flat, codes, cos = _prepare(x, codebooks, num_stages, metric)
+    _check_indices(indices, x, codes.shape[0])
+    flat_idx = indices.reshape(-1, codes.shape[0]).long()
+    if resolve_backend(backend, x, codes) == "triton":
+        stats = [
+            code_counts_and_sums(x_l, idx, codes.shape[1], backend="triton")
+            for x_l, idx in zip(stage_inputs(x, codebooks, indices, num_stages=num_stages, metric=metric),
+                                indices.unbind(-1))
+        ]
+        counts, sums = zip(*stats)
+        return torch.stack(counts), torch.stack(sums)
+    return _code_statistics_torch(flat, codes, flat_idx, cos)
+
+
+def _code_statistics_torch(x, codes, indices, cos: bool):
+    """Counts and sums per stage on blocks of rows, each worker into its own (L, K) and
+    (L, K, d) buffers (single-threaded ``index_add_``), summed at the end."""
+    acc = _accumulate_dtype(x, codes)
+    num_stages, num_codes, d = codes.shape
+
+    def block(rows: slice, own) -> None:
+        counts, sums = own
+        for stage, _, x_l, _ in _walk_stages(x[rows], codes, indices[rows], cos):
+            idx = indices[rows, stage]
+            counts[stage].index_add_(0, idx, torch.ones_like(idx, dtype=acc))
+            sums[stage].index_add_(0, idx, x_l)
+
+    def buffers():
+        return (torch.zeros((num_stages, num_codes), device=x.device, dtype=acc),
+                torch.zeros((num_stages, num_codes, d), device=x.device, dtype=acc))
+
+    partials = for_row_blocks(x.shape[0], x.device, block, buffers)
+    return torch.stack([p[0] for p in partials]).sum(0), torch.stack([p[1] for p in partials]).sum(0)

@@ -78,6 +78,23 @@ def test_torch_path_matches_eager_oracle(n, num_stages, k, d, metric, rotation):
     assert_same(got, run(lambda x, c: eager_oracle(x, c, metric, rotation), x, codebooks, upstream, weights))
 
 
+@pytest.mark.parametrize("metric", ["l2", "cos"])
+def test_row_blocks_do_not_change_the_result(monkeypatch, metric):
+    """Blocks of 5 rows on the CPU workers: outputs, gradients (the codebook's summed over the
+    workers' buffers) and statistics as the oracle's."""
+    import lgvq.ops.residual as residual_mod
+
+    monkeypatch.setattr(residual_mod, "ROW_BLOCK", 5)
+    x, codebooks = _inputs(29, 3, 12, 7)
+    upstream, weights = torch.randn(29, 7), torch.tensor([1.0, 2.0, 0.5])
+    got = run(lambda x, c: residual_quantize(x, c, metric=metric, backend="torch"), x, codebooks, upstream, weights)
+    assert_same(got, run(lambda x, c: eager_oracle(x, c, metric, False), x, codebooks, upstream, weights))
+    counts, sums = residual_code_statistics(x, codebooks, got[1], metric=metric, backend="torch")
+    monkeypatch.setattr(residual_mod, "ROW_BLOCK", 512)
+    whole = residual_code_statistics(x, codebooks, got[1], metric=metric, backend="torch")
+    assert torch.equal(counts, whole[0]) and torch.allclose(sums, whole[1], atol=1e-5)
+
+
 def test_l2_straight_through_gradient_is_L_times_upstream():
     """Every stage passes the output gradient to x once: L stages, L times (vqp's behaviour)."""
     x = torch.randn(6, 5, requires_grad=True)
