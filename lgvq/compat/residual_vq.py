@@ -17,9 +17,11 @@ training
     commit_losses[l] = commitment_weight · mean((sg(e_l) − r_l)²)
     r_{l+1} = r_l − (f·q_l + (1 − f)·sg(q_l))      (f = quant_grad_frac, 0 by default)
 
-What changes is the work: the L searches are one call of the fused
-``lgvq.ops.residual_quantize`` (no (N, K) distance matrix at any stage) and each stage's
-statistics are ``code_counts_and_sums`` (no (N, K) one-hot).
+What changes is the work: the L stages are one call of the fused ``lgvq.ops.residual_quantize``
+(no (N, K) distance matrix at any stage; in training without a mask or ``quant_grad_frac`` its
+autograd is the whole forward and backward, otherwise it picks the codes and the face applies the
+rules above stage by stage), and each stage's statistics are ``code_counts_and_sums`` (no (N, K)
+one-hot).
 
 Options: ``num_quantizers``, ``codebook_size`` (an int, or one per stage), ``codebook_dim``,
 ``shared_codebook``, ``quantize_dropout`` (training stops after a random stage l ≥
@@ -47,7 +49,7 @@ from lgvq.checks import check_positive, check_tensor
 from lgvq.compat.codebook import l2norm
 from lgvq.compat.vector_quantize import VectorQuantize, check_indices, commit_and_pass_gradient, lens_to_mask
 from lgvq.compat.vector_quantize import reject_unsupported
-from lgvq.ops import nearest_code, residual_quantize
+from lgvq.ops import nearest_code, residual_quantize, stage_inputs
 
 #: vector-quantize-pytorch's ResidualVQ options this face does not implement, with their defaults.
 UNSUPPORTED_RESIDUAL_DEFAULTS = {
@@ -236,9 +238,15 @@ class ResidualVQ(nn.Module):
         stages = self._stages_this_step(rand_quantize_dropout_fixed_seed, x.device)
         layers = self.layers[:stages]
         self._kmeans_init_stages(layers, z.detach().float(), rows_mask)
-        metric = layers[0]._codebook.metric
-        idx = residual_indices(z.detach().float(), [layer.codebook.detach() for layer in layers], metric, self.backend)
-        quantized, losses = self._stage_outputs(z, idx, rows_mask, frozen=freeze_codebook)
+        if self.training and mask is None and self.quant_grad_frac == 0 and len(set(self.codebook_sizes)) == 1:
+            quantized, idx, losses, stage_vectors = self._fused_stages(z, layers, frozen=freeze_codebook)
+        else:
+            metric = layers[0]._codebook.metric
+            idx = residual_indices(z.detach().float(), [layer.codebook.detach() for layer in layers], metric,
+                                   self.backend)
+            quantized, losses, stage_vectors = self._stage_outputs(z, idx, rows_mask, frozen=freeze_codebook)
+        if self.training and not freeze_codebook:
+            self._update_codebooks(layers, stage_vectors, idx, rows_mask)
 
         quantized = self.project_out(quantized.view(b, n, -1))
         indices = idx.view(b, n, stages)
@@ -247,7 +255,7 @@ class ResidualVQ(nn.Module):
             indices = indices.masked_fill(~mask[..., None], -1)
         dropped = self.num_quantizers - stages
         indices = torch.cat([indices, indices.new_full((b, n, dropped), -1)], dim=-1)
-        losses = torch.cat([torch.stack(losses), losses[0].new_zeros(dropped)])
+        losses = torch.cat([losses, losses.new_zeros(dropped)])
         if self.accept_image_fmap:
             quantized = quantized.transpose(1, 2).unflatten(2, x.shape[2:])
             indices = indices.unflatten(1, x.shape[2:])
@@ -256,18 +264,29 @@ class ResidualVQ(nn.Module):
         out = (quantized, indices, losses)
         return (*out, self.get_codes_from_indices(indices)) if return_all_codes else out
 
+    def _fused_stages(self, z: torch.Tensor, layers, *, frozen: bool):
+        """Training without a mask or ``quant_grad_frac``: all stages in the one differentiable op,
+        whose value, losses and gradients are then vqp's (q_l, loss_l and r_{l+1} = r_l − sg q_l).
+        Returns Σ q_l, indices (M, S), the weighted losses (S,) and the stages' inputs (lazily
+        replayed from the indices, for the codebook updates)."""
+        first = layers[0]
+        learns = first.learnable_codebook and not frozen
+        codebooks = torch.stack([layer.codebook if learns else layer.codebook.detach() for layer in layers])
+        metric = first._codebook.metric
+        quantized, idx, losses = residual_quantize(z, codebooks, metric=metric, rotation_trick=first.rotation_trick,
+                                                   backend=self.backend)
+        vectors = stage_inputs(z.detach().float(), codebooks.detach(), idx, metric=metric)
+        return quantized, idx, losses * first.commitment_weight, vectors
+
     def _stage_outputs(self, z: torch.Tensor, idx: torch.Tensor, mask, *, frozen: bool):
-        """Σ_l q_l and the stages' losses for the chosen codes ``idx`` (M, S), and in training the
-        stages' codebook updates (see the module docs for q_l, the losses and r_l)."""
-        residual, total, losses = z, 0, []
+        """Σ_l q_l, the stages' losses (S,) and inputs for the chosen codes ``idx`` (M, S), stage by
+        stage (see the module docs for q_l, the losses and r_l)."""
+        residual, total, losses, inputs = z, 0, [], []
         for stage, layer in enumerate(self.layers[: idx.shape[1]]):
-            book = layer._codebook
             vectors = l2norm(residual) if layer.use_cosine_sim else residual
-            embed = book.embed[0] if layer.learnable_codebook else book.embed[0].detach()
-            codes = embed[idx[:, stage]].to(z.dtype)  # gathered before the updates rewrite the codes
+            embed = layer.codebook if layer.learnable_codebook else layer.codebook.detach()
+            codes = embed[idx[:, stage]].to(z.dtype)
             if self.training:
-                if not frozen:
-                    self._update_stage(layer, vectors.detach().float()[None], idx[None, :, stage], mask)
                 quantized, loss = commit_and_pass_gradient(
                     vectors, codes, route_gradient=residual.requires_grad, rotation_trick=layer.rotation_trick,
                     weight=layer.commitment_weight, detach_codes=frozen or not layer.learnable_codebook,
@@ -283,16 +302,22 @@ class ResidualVQ(nn.Module):
             residual = residual - passed
             total = total + quantized
             losses.append(loss)
-        if self.training and not frozen and self.shared_codebook and self.layers[0].ema_update:
-            self.layers[0]._codebook.codes_from_averages()  # a shared codebook moves once, after all stages
-        return total, losses
+            inputs.append(vectors.detach().float())
+        return total, torch.stack(losses), inputs
 
-    def _update_stage(self, layer: VectorQuantize, vectors, idx, mask) -> None:
-        book = layer._codebook
-        if not self.shared_codebook:
-            book.update(vectors, idx, mask, ema_update=layer.ema_update)
-        elif layer.ema_update:  # the statistics now, the codes after the last stage
-            book.track(*book.batch_statistics(vectors, idx, mask))
+    def _update_codebooks(self, layers, stage_vectors, idx: torch.Tensor, mask) -> None:
+        """Each stage's codebook step on its own inputs, in stage order (vqp's order of random
+        draws). After the searches, which is exact: no stage's search read a codebook an earlier
+        stage of this step changed (see docs/design.md). A shared codebook folds in every stage's
+        statistics and moves once, after the last stage."""
+        for stage, (layer, vectors) in enumerate(zip(layers, stage_vectors)):
+            book = layer._codebook
+            if not self.shared_codebook:
+                book.update(vectors[None], idx[None, :, stage], mask, ema_update=layer.ema_update)
+            elif layer.ema_update:
+                book.track(*book.batch_statistics(vectors[None], idx[None, :, stage], mask))
+        if self.shared_codebook and layers[0].ema_update:
+            layers[0]._codebook.codes_from_averages()
 
     def _kmeans_init_stages(self, layers, z: torch.Tensor, mask) -> None:
         """k-means initialisation on the first batch, stage after stage: stage l's codebook is fit

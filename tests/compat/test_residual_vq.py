@@ -157,21 +157,24 @@ def test_vqp_checkpoint_loads_strictly():
     assert fresh.layers[2]._codebook is fresh.layers[0]._codebook
 
 
-def test_the_stages_are_searched_by_one_function(monkeypatch):
-    """No (N, K) distance matrix: all stages go through residual_indices, once per step, and
-    with one codebook size that is the fused op (no stage-by-stage nearest_code)."""
+def test_the_stages_are_one_fused_op(monkeypatch):
+    """No (N, K) distance matrix and no stage-by-stage search: a training step is one call of the
+    fused op (its autograd gives vqp's gradients), an eval step one call through residual_indices."""
     calls = []
-    search = residual_module.residual_indices
+    op = residual_module.residual_quantize
 
-    def spy(z, codebooks, metric, backend="auto"):
-        calls.append((tuple(z.shape), len(codebooks), metric))
-        return search(z, codebooks, metric, backend)
+    def spy(z, codebooks, **kwargs):
+        calls.append((tuple(z.shape), tuple(codebooks.shape), kwargs["metric"], z.requires_grad))
+        return op(z, codebooks, **kwargs)
 
-    monkeypatch.setattr(residual_module, "residual_indices", spy)
+    monkeypatch.setattr(residual_module, "residual_quantize", spy)
     monkeypatch.setattr(torch, "cdist", lambda *a, **k: pytest.fail("an N×K distance matrix was built"))
     monkeypatch.setattr(residual_module, "nearest_code", lambda *a, **k: pytest.fail("searched stage by stage"))
-    ResidualVQ(dim=6, num_quantizers=4, codebook_size=12, use_cosine_sim=True).train()(torch.randn(2, 5, 6))
-    assert calls == [((10, 6), 4, "cos")]
+    rvq = ResidualVQ(dim=6, num_quantizers=4, codebook_size=12, use_cosine_sim=True)
+    x = torch.randn(2, 5, 6, requires_grad=True)
+    rvq.train()(x)
+    rvq.eval()(x)
+    assert calls == [((10, 6), (4, 12, 6), "cos", True), ((10, 6), (4, 12, 6), "cos", False)]
 
 
 @pytest.mark.parametrize(
