@@ -47,8 +47,7 @@ from torch import nn
 
 from lgvq.checks import check_positive, check_tensor
 from lgvq.compat.codebook import l2norm
-from lgvq.compat.vector_quantize import VectorQuantize, check_indices, commit_and_pass_gradient, lens_to_mask
-from lgvq.compat.vector_quantize import reject_unsupported
+from lgvq.compat.vector_quantize import VectorQuantize, check_indices, commit_and_pass_gradient, reject_unsupported
 from lgvq.ops import nearest_code, residual_quantize, stage_inputs
 
 #: vector-quantize-pytorch's ResidualVQ options this face does not implement, with their defaults.
@@ -67,8 +66,8 @@ def residual_indices(z: torch.Tensor, codebooks, metric: str, backend: str = "au
 
     The one place the stages are searched: the fused ``residual_quantize`` (all stages in one
     pass, no (N, K) matrix) when the stages have one codebook size, else ``nearest_code`` stage
-    by stage. Gradients and losses are the face's (vqp's per-stage rules), so only the indices
-    are taken."""
+    by stage. Used where the face applies vqp's per-stage rules itself (evaluation, masks,
+    ``quant_grad_frac``), so only the indices are taken."""
     if len({book.shape[0] for book in codebooks}) == 1:
         with torch.no_grad():
             return residual_quantize(z, torch.stack(codebooks), metric=metric, backend=backend)[1]
