@@ -24,7 +24,7 @@ from lgvq.checks import strict_mode
 from lgvq.config import load_config
 from lgvq.guidance import LanguageGuidance
 from lgvq.ops import code_counts_and_sums, nearest_code, relation_alignment_loss, vector_quantize
-from lgvq.quantize import ClusteredVectorQuantizer, VectorQuantizer
+from lgvq.quantize import ClusteredVectorQuantizer, ResidualQuantizer, VectorQuantizer
 from lgvq.text import load_text_encoder
 from lgvq.train import build_run, make_optimizers, train_step
 
@@ -185,6 +185,20 @@ def test_quantizer_training_steps_make_no_sync(name):
     q = QUANTIZERS[name]().train()
     _quantizer_steps(q)()  # the first step may sync: k-means initialisation, a one-off
     assert count_syncs(_quantizer_steps(q)) == []
+
+
+@pytest.mark.parametrize("metric, codebook_dim", [("l2", None), ("cos", 4)])
+def test_residual_quantizer_training_steps_make_no_sync(metric, codebook_dim):
+    rq = ResidualQuantizer(32, 8, 3, codebook_dim=codebook_dim, metric=metric, dead_code_threshold=0.5,
+                           track_usage=True).train()
+    z = torch.randn(2, 4, 4, 8, requires_grad=True)
+
+    def run():
+        out = rq.quantize(z)
+        (out.z_q.square().mean() + out.loss).backward()
+
+    run()
+    assert count_syncs(run) == []
 
 
 # ---- language guidance and a whole guided training step ----------------------------------------
