@@ -28,13 +28,16 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from bench.common import set_cpu_threads, write_results
 from bench.contention import COMPETITORS, condition
-from lgvq.config import load_config, shipped_configs
 from lgvq.data import load_dataset
+from lgvq.experiment.batches import batches_from
+from lgvq.experiment.config import load_config, shipped_configs
+from lgvq.experiment.run import build_run, seed_everything
+from lgvq.experiment.splits import dataset_args
+from lgvq.experiment.train import make_optimizers, train_step
 from lgvq.guidance import LanguageGuidance
 from lgvq.guidance.semantic import MaskedTextPredictor
 from lgvq.text import TextEncoder
 from lgvq.threads import torch_threads
-from lgvq.train import batches_from, build_run, dataset_args, make_optimizers, seed_everything, train_step
 
 CONFIGS = {"plain": "shapes-vqvae.yaml", "LG": "shapes-vqvae-lg.yaml"}
 #: Parts of the LG step, by the method that computes them.

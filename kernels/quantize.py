@@ -23,7 +23,8 @@ Segment sums, two paths:
 * ``torch.use_deterministic_algorithms(True)``: the rows are sorted by code (stable) and one
   program per (code, d tile) sums its rows in sorted order and writes the code's row once:
   identical results run to run, no atomics. A code holding most rows is then summed by
-  one program per d tile, which is slower than the default path.
+  one program per d tile, serially over its rows, where the default path spreads them
+  over every block.
 """
 
 from __future__ import annotations

@@ -63,9 +63,9 @@ TOKEN_BLOCK = 16 if INTERPRET else 64
 def _configs(tiles, gpu_rows):
     """Autotune candidates: ``gpu_rows`` are (one size per name in ``tiles``, num_warps, num_stages).
 
-    The GPU rows were picked from ptxas reports for sm_90 (``python -m bench.compile_check``,
-    fp32 3xTF32 and TF32, fp16, bf16): every row compiles for every dtype with at most the
-    gate's spill bound (the gram kernel's BLOCK_D = 64 spilled with 3xTF32 and was dropped).
+    The GPU rows are those whose sm_90 ptxas report (``python -m bench.compile_check``, fp32
+    3xTF32 and TF32, fp16, bf16; ``bench/results/compile-sm90.md``) stays within the gate's
+    spill bound for every dtype; the gram kernel's BLOCK_D = 64 spills with 3xTF32.
 
     The interpreter gets one config with the smallest tl.dot tiles: tuning there is slow
     and meaningless, and small tiles make tiny test shapes cross several tiles.

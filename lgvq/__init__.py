@@ -4,6 +4,10 @@ __version__ = "0.1.0"
 
 __all__ = ["is_strict", "set_strict"]
 
+from lgvq import moved as _moved
+
+_moved.install()  # the old import paths (lgvq.train, lgvq.config, ...) for one release
+
 
 def __getattr__(name: str):
     """``lgvq.set_strict`` / ``lgvq.is_strict`` (see ``lgvq.checks``), imported on first use so

@@ -127,15 +127,15 @@ def _load_images(files: list[str], image_size: int):
 
 
 def _load_run(args):
-    from lgvq.runs import load_run
+    from lgvq.experiment.run import load_run
 
     return load_run(args.run, args.device)
 
 
 def _eval_split(run, given: str | None, root: str | None) -> str:
     """The split to evaluate on: --split, else data.eval_split, else the data's held-out split."""
-    from lgvq.config import ConfigError
-    from lgvq.train import check_split, held_out_split
+    from lgvq.experiment.config import ConfigError
+    from lgvq.experiment.splits import check_split, held_out_split
 
     data = run.config.data
     split = given or data.eval_split or held_out_split(data.name)
@@ -152,7 +152,8 @@ def _eval_split(run, given: str | None, root: str | None) -> str:
 def _dataset(run, split: str, size: int, root: str | None = None):
     """``split`` of the run's data, read from ``root`` instead of data.root if given."""
     from lgvq.data import load_dataset
-    from lgvq.train import config_with, dataset_args
+    from lgvq.experiment.config import config_with
+    from lgvq.experiment.splits import dataset_args
 
     config = run.config if root is None else config_with(run.config, data={"root": root})
     return load_dataset(**dataset_args(config, split, size))
@@ -188,8 +189,8 @@ def _report(metrics: dict[str, float], json_out: str | None, width: int) -> None
 
 
 def cmd_train(args) -> None:
-    from lgvq.config import load_config
-    from lgvq.train import train
+    from lgvq.experiment.config import load_config
+    from lgvq.experiment.train import train
 
     config = load_config(args.config, args.overrides)
     train(config, resume=args.resume, existing=args.existing)
@@ -197,7 +198,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from lgvq.evaluate import evaluate, fit_alignment_probe
+    from lgvq.experiment.evaluate import evaluate, fit_alignment_probe
 
     run = _load_finite_run(args)
     dataset = _dataset(run, _eval_split(run, args.split, args.root), args.size or run.config.data.eval_size, args.root)
@@ -224,7 +225,7 @@ def cmd_encode(args) -> None:
     print(f"codes {tuple(indices.shape)} → {out}")
 
 
-def _load_codes(path: str, num_codes: int):
+def _load_codes(path: str, n_embed: int):
     """(indices, source file names or None) from a file written by ``lgvq encode``."""
     import torch
 
@@ -237,8 +238,8 @@ def _load_codes(path: str, num_codes: int):
     indices = payload.get("indices") if isinstance(payload, dict) else payload
     if not isinstance(indices, torch.Tensor) or indices.dim() != 3 or indices.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"{path} must hold integer indices of shape (B, h, w)")
-    if bool((indices < 0).any()) or bool((indices >= num_codes).any()):
-        raise ValueError(f"{path}: code indices must lie in [0, {num_codes})")
+    if bool((indices < 0).any()) or bool((indices >= n_embed).any()):
+        raise ValueError(f"{path}: code indices must lie in [0, {n_embed})")
     files = payload.get("files") if isinstance(payload, dict) else None
     if not isinstance(files, list) or len(files) != len(indices):
         files = None
@@ -257,7 +258,7 @@ def decoded_names(files: list[str] | None, count: int) -> list[str]:
 def cmd_decode(args) -> None:
     import torch
 
-    from lgvq.visualize import save_image_grid
+    from lgvq.experiment.visualize import save_image_grid
 
     run = _load_run(args)
     indices, files = _load_codes(args.codes, run.model.config.n_embed)
@@ -272,7 +273,7 @@ def cmd_decode(args) -> None:
 def cmd_reconstruct(args) -> None:
     import torch
 
-    from lgvq.visualize import save_image_grid
+    from lgvq.experiment.visualize import save_image_grid
 
     run = _load_run(args)
     images = _load_images(args.images, run.model.config.image_size).to(run.device)
@@ -312,7 +313,7 @@ def cmd_demo(args) -> None:
 
 
 def cmd_convert_release(args) -> None:
-    from lgvq.convert import convert_release
+    from lgvq.experiment.convert import convert_release
 
     written = convert_release(args.checkpoint, args.out, config=args.config, text_encoder=args.text_encoder,
                               guidance=args.guidance)

@@ -16,9 +16,9 @@ from PIL import Image
 
 from lgvq.cli import main
 from lgvq.data.images import load_image
-from lgvq.convert import convert_release, guidance_state_from_release
+from lgvq.experiment.convert import convert_release, guidance_state_from_release
+from lgvq.experiment.run import load_run
 from lgvq.models import build_loss, build_model
-from lgvq.runs import load_run
 from tests.guidance.release_oracle import ReleaseTextSupervision
 
 RELEASE_QUANTIZER_KEYS = {"quantize.embedding.weight", "quantize.embed_prob"}  # VectorQuantizer2, CVQVectorQuantiser

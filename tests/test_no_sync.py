@@ -21,12 +21,13 @@ import torch
 
 import lgvq
 from lgvq.checks import strict_mode
-from lgvq.config import load_config
+from lgvq.experiment.config import load_config
+from lgvq.experiment.run import build_run
+from lgvq.experiment.train import make_optimizers, train_step
 from lgvq.guidance import LanguageGuidance
 from lgvq.ops import code_counts_and_sums, nearest_code, relation_alignment_loss, vector_quantize
 from lgvq.quantize import ClusteredVectorQuantizer, ResidualQuantizer, VectorQuantizer
 from lgvq.text import load_text_encoder
-from lgvq.train import build_run, make_optimizers, train_step
 
 #: Tensor methods that read values back to the host (``float(t)``, ``int(t)``, ``if t:``,
 #: ``t.item()``, ``t.cpu()``, …). A ``.to(device)`` is not counted: on the CPU it cannot tell a

@@ -77,7 +77,7 @@ def test_no_tracked_file_points_outside_the_repository():
 # ---- configs: shipped as package data, found by name ------------------------------------------
 
 def test_config_names_resolve_to_shipped_configs(tmp_path, monkeypatch):
-    from lgvq.config import load_config, resolve_config, shipped_configs
+    from lgvq.experiment.config import load_config, resolve_config, shipped_configs
 
     monkeypatch.chdir(tmp_path)  # far from the checkout's configs/
     assert resolve_config("shapes-vqvae-lg") == shipped_configs() / "shapes-vqvae-lg.yaml"
@@ -210,7 +210,8 @@ def test_core_install_quantizes_without_the_language_stack(core_venv, tmp_path):
 
 
 @pytest.mark.parametrize("code, extra", [
-    ("import lgvq.config", "train"),
+    ("import lgvq.experiment.config", "train"),
+    ("import lgvq.config", "train"),  # the path before lgvq.experiment, still honoured
     ("import lgvq.data", "train"),
     ("from lgvq.text import load_text_encoder; load_text_encoder()", "text"),
 ])

@@ -3,7 +3,8 @@
 torch's intra-op parallelism (OpenMP) gives every thread one fixed share of an op and waits
 for all of them at the end of the op. An op-by-op search of N = K = 16,384 runs hundreds of
 such ops; when another process holds a core, each of them waits for the thread the OS has
-descheduled, and the whole search ran 13× slower than on one thread (issue 11).
+descheduled, so the search pays that wait hundreds of times (measured under load in
+``bench/results/contention-cpu.md``).
 
 ``run_blocks`` instead partitions the work once per call into blocks that persistent worker
 threads pull one at a time, each running torch on one thread: a worker that is descheduled
@@ -154,8 +155,8 @@ def single_threaded(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> t
 
     For ops made of many small kernels (a loss over (B, L, L) Grams): each kernel is too
     small to pay for an OpenMP region, and on a busy machine every region waits for a
-    descheduled thread (relation_alignment_loss: 6× slower on 2 threads than on 1 at load
-    average ~30, bench/results/contention-cpu.md). Twice differentiating it is not supported.
+    descheduled thread (``bench/results/contention-cpu.md`` measures relation_alignment_loss
+    so). Twice differentiating it is not supported.
     Under ``torch.compile`` it is traced inline: the compiled graph, not a thread pool, then
     decides how the kernels run.
     """

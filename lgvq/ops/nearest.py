@@ -1,10 +1,13 @@
 """Nearest-code search: ``nearest_code(x, codebook, metric)``.
 
+idx_i = argmin_k |x_i − e_k|² = argmin_k (|e_k|² − 2 x_i·e_k) (``l2``; ``cos`` scores the
+l2-normalised rows by −2 x_i·e_k, distance 1 − x_i·e_k); the distance returned adds |x_i|²
+back (the expanded form |x|² − 2 x·e + |e|²). Accumulation is fp32 (fp64 for fp64 inputs on
+the torch path); ties go to the lowest code index.
+
 The torch reference (the oracle, and the CPU path) works in tiles of rows × codes so that it
 never holds more than ``block_bytes`` of distances at once (cache-sized on the CPU); the
 Triton path never writes any.
-Both use the expanded form ``|x|^2 - 2 x·e + |e|^2``, accumulate in fp32 (fp64 for fp64
-inputs on the torch path) and break ties towards the lowest code index.
 
 Each search is one registered op (``lgvq::search_torch``, ``lgvq::search_triton``) with a fake
 (shape-only) implementation, so torch.compile and CUDA graphs see a single opaque call with

@@ -23,7 +23,7 @@ from torch import nn
 from lgvq.checks import check_tensor
 from lgvq.data import COLOURS, SHAPES
 from lgvq.data.shapes import BACKGROUND
-from lgvq.evaluate import frechet_distance, psnr  # noqa: F401 (lgvq's one definition of each, re-exported)
+from lgvq.experiment.evaluate import frechet_distance, psnr  # noqa: F401 (lgvq's one definition of each, re-exported)
 from lgvq.extras import needs_extra
 from lgvq.tasks.text_features import check_texts
 from lgvq.tasks.training import TrainSettings, train_network

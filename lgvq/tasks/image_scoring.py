@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lgvq.checks import check_tensor
-from lgvq.evaluate import fid_metric, unit_range
+from lgvq.experiment.evaluate import fid_metric, unit_range
 from lgvq.tasks.evaluation import AttributeClassifier, frechet_distance, presence_recall
 
 

@@ -57,7 +57,7 @@ from lgvq.tasks.training import TrainSettings
 from lgvq.tasks.unconditional import UnconditionalGenerator
 from lgvq.threads import torch_threads
 from lgvq.tasks.vqa import QuestionAnswerer, VQAExamples, vqa_examples
-from lgvq.visualize import save_image_grid
+from lgvq.experiment.visualize import save_image_grid
 
 
 @dataclass(frozen=True)

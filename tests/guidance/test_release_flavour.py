@@ -18,8 +18,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lgvq.config import load_config
-from lgvq.convert import guidance_state_from_release
+from lgvq.experiment.config import load_config
+from lgvq.experiment.convert import guidance_state_from_release
 from lgvq.guidance import RELEASE_WEIGHTS, LanguageGuidance
 from lgvq.guidance.semantic import sample_mask_ratio, sample_word_mask
 from lgvq.text import EncodedText, load_text_encoder

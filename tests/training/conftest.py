@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lgvq.config import load_config
+from lgvq.experiment.config import load_config
 
 
 def tiny_config(out_dir, *extra):

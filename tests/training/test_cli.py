@@ -152,7 +152,7 @@ def test_bad_config_values_are_one_line_before_anything_is_written(setting, mess
 def test_every_numeric_config_field_has_a_range():
     import dataclasses
 
-    from lgvq.config import ExperimentConfig
+    from lgvq.experiment.config import ExperimentConfig
 
     for section in dataclasses.fields(ExperimentConfig):
         for f in dataclasses.fields(section.default_factory):
@@ -217,16 +217,16 @@ def test_nan_weights_make_eval_fail_naming_them(run_copy, capsys):
 
 
 def test_nan_metrics_are_an_error(run_dir, monkeypatch, capsys):
-    import lgvq.evaluate
+    import lgvq.experiment.evaluate
 
-    real = lgvq.evaluate.evaluate
+    real = lgvq.experiment.evaluate.evaluate
 
     def overflowing(*args, **kwargs):
         result = real(*args, **kwargs)
         result.perplexity = float("nan")
         return result
 
-    monkeypatch.setattr(lgvq.evaluate, "evaluate", overflowing)
+    monkeypatch.setattr(lgvq.experiment.evaluate, "evaluate", overflowing)
     assert main(["eval", str(run_dir)]) == 2
     assert _err(capsys).endswith("lgvq eval: error: metrics are not finite (perplexity=nan): the model produces NaN "
                                  "or Inf on this data")

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from lgvq.comparison import Spread, compare, comparison_table, direction, flatten_tasks, unanimous_summary
+from lgvq.experiment.comparison import Spread, compare, comparison_table, direction, flatten_tasks, unanimous_summary
 
 PER_SEED = [
     {"A": {"psnr": 1.0, "test_nll": 2.0, "seconds": 5.0}, "B": {"psnr": 2.0, "test_nll": 1.0, "seconds": 3.0}},

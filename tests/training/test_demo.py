@@ -7,7 +7,8 @@ import shutil
 import pytest
 import torch
 
-import lgvq.demo as demo
+import lgvq.demo.settings
+import lgvq.demo.training
 from lgvq.demo import CONFIGS, run_demo
 from lgvq.tasks import TaskBudget
 
@@ -112,20 +113,20 @@ def test_completed_seeds_are_reused_and_changed_settings_rerun(sweep, monkeypatc
     def no_training(*args, **kwargs):
         raise AssertionError("trained again")
 
-    monkeypatch.setattr(demo, "train", no_training)
+    monkeypatch.setattr(lgvq.demo.training, "train", no_training)
     again = run_demo(out, seeds=(0, 1), task_budget=TINY_TASKS, **TINY).read_text()
     strip = lambda t: [line for line in t.splitlines() if not line.startswith("Command:")]  # noqa: E731
     assert strip(again) == strip(before)
     with pytest.raises(AssertionError, match="trained again"):
         run_demo(out, seeds=(0, 1), task_budget=TINY_TASKS, **{**TINY, "probe_steps": 3})
-    edited = demo.demo_config
+    edited = lgvq.demo.settings.demo_config
 
     def config_with_a_new_lr(*args):
         config = edited(*args)
         config.optim.base_lr *= 2
         return config
 
-    monkeypatch.setattr(demo, "demo_config", config_with_a_new_lr)  # as if a YAML config were edited
+    monkeypatch.setattr(lgvq.demo.settings, "demo_config", config_with_a_new_lr)  # as if a YAML config were edited
     with pytest.raises(AssertionError, match="trained again"):
         run_demo(out, seeds=(0, 1), task_budget=TINY_TASKS, **TINY)
 
@@ -137,7 +138,7 @@ def test_a_task_missing_from_a_reused_seed_runs_on_its_saved_models(sweep, tmp_p
     saved = json.loads(path.read_text())
     expected = {label: saved["tasks"][label].pop("vqa") for label in CONFIGS}  # as if vqa were new
     path.write_text(json.dumps(saved))
-    monkeypatch.setattr(demo, "train", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(lgvq.demo.training, "train", lambda *a, **k: pytest.fail("trained again"))
     text = run_demo(out, seeds=(0, 1), task_budget=TINY_TASKS, **TINY).read_text()
     redone = json.loads(path.read_text())["tasks"]
     for label in CONFIGS:  # the saved models and the seed reproduce the original run's numbers

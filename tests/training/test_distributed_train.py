@@ -13,8 +13,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from lgvq.config import load_config
-from lgvq.train import build_run, seed_everything, train
+from lgvq.experiment.config import load_config
+from lgvq.experiment.run import build_run, seed_everything
+from lgvq.experiment.train import train
 
 STEPS = 3
 RUNS = {

@@ -1,11 +1,11 @@
-"""lgvq.evaluate: reconstruction metrics against torchmetrics, and FID through a feature network."""
+"""lgvq.experiment.evaluate: reconstruction metrics against torchmetrics, and FID through a feature network."""
 
 import pytest
 import torch
 from torch import nn
 
 from lgvq.data import ShapesDataset, collate
-from lgvq.evaluate import evaluate, psnr
+from lgvq.experiment.evaluate import evaluate, psnr
 from lgvq.models import build_model
 from lgvq.tasks import frechet_distance
 
@@ -31,7 +31,7 @@ def test_fid_of_reconstructions_is_the_frechet_distance_of_their_features():
 
 
 def test_evaluate_reports_lgvq_psnr_of_the_reconstructions():
-    """evaluate's PSNR is lgvq.evaluate.psnr (per-image mean) over the whole set, however batched."""
+    """evaluate's PSNR is lgvq.experiment.evaluate.psnr (per-image mean) over the whole set, however batched."""
     torch.manual_seed(0)
     model = build_model("vqvae-tiny").eval()
     dataset = ShapesDataset(7, 32, 0, split="test")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from lgvq.checkpoint import (
+from lgvq.experiment.checkpoint import (
     CheckpointError,
     CheckpointFallbackWarning,
     checkpoint_step,
@@ -22,9 +22,9 @@ from lgvq.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from lgvq.run_folder import RESUME_MAY_CHANGE, RunFolderError
-from lgvq.runs import load_run
-from lgvq.train import train
+from lgvq.experiment.run import load_run
+from lgvq.experiment.run_folder import RESUME_MAY_CHANGE, RunFolderError
+from lgvq.experiment.train import train
 
 from .conftest import snapshot, tiny_config
 
@@ -50,7 +50,7 @@ def run_copy(finished_run, tmp_path):
 
 HOLD_LOCK = textwrap.dedent("""
     import sys, time
-    from lgvq.run_folder import RunFolderLock
+    from lgvq.experiment.run_folder import RunFolderLock
     with RunFolderLock(sys.argv[1]):
         print("locked", flush=True)
         time.sleep(60)
@@ -235,7 +235,7 @@ def _train_process(out: Path, *flags: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f"{out.name}.stderr", "ab") as stderr:  # a file: a full pipe would block the trainer
-        return subprocess.Popen([sys.executable, "-m", "lgvq.cli", "train", *KILL_RUN, "--set",
+        return subprocess.Popen([sys.executable, "-m", "lgvq", "train", *KILL_RUN, "--set",
                                  f"train.out_dir={out}", *flags], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                 stderr=stderr)
 

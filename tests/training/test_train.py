@@ -5,10 +5,11 @@ import os
 import pytest
 import torch
 
-import lgvq.checkpoint as checkpoint_mod
-from lgvq.checkpoint import latest_checkpoint, load_weights, save_checkpoint
-from lgvq.logger import read_log
-from lgvq.train import build_run, train
+import lgvq.experiment.checkpoint as checkpoint_mod
+from lgvq.experiment.checkpoint import latest_checkpoint, load_weights, save_checkpoint
+from lgvq.experiment.logger import read_log
+from lgvq.experiment.run import build_run
+from lgvq.experiment.train import train
 
 from .conftest import tiny_config
 

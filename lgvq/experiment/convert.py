@@ -212,10 +212,10 @@ def convert_release(checkpoint: str | Path, out_dir: str | Path, *, config: str 
     tower), needed to carry the guidance; ``guidance=False`` converts without it, on purpose.
     Returns the checkpoint folder written.
     """
-    from lgvq.checkpoint import save_checkpoint
-    from lgvq.config import config_to_dict, load_config
+    from lgvq.experiment.checkpoint import save_checkpoint
+    from lgvq.experiment.config import config_to_dict, load_config
     from lgvq.models.registry import get_spec
-    from lgvq.train import build_run
+    from lgvq.experiment.run import build_run
 
     out_dir = Path(out_dir)
     if (out_dir / "config.json").exists():

@@ -172,7 +172,7 @@ def _check_field(key: str, value, meta) -> None:
 def check_config(config: ExperimentConfig) -> ExperimentConfig:
     """Every field within its range or choices (ConfigError naming the key, the value and what is
     allowed); returns ``config``. What needs the model registry or the data is checked by
-    ``lgvq.train.check_training_config``."""
+    ``lgvq.experiment.config_checks.check_training_config``."""
     for section in dataclasses.fields(config):
         part = getattr(config, section.name)
         for f in dataclasses.fields(part):
@@ -251,3 +251,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ex
 
 def config_to_dict(config: ExperimentConfig) -> dict:
     return dataclasses.asdict(config)
+
+
+def config_with(config: ExperimentConfig, **sections) -> ExperimentConfig:
+    """A copy of ``config`` with whole fields of sections replaced: config_with(c, train={"steps": 5})."""
+    replaced = {name: dataclasses.replace(getattr(config, name), **fields) for name, fields in sections.items()}
+    return dataclasses.replace(config, **replaced)
