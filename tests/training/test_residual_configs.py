@@ -4,9 +4,9 @@ take a training step."""
 import pytest
 import torch
 
-from lgvq.config import load_config
+from lgvq.experiment.config import load_config
+from lgvq.experiment.train import train
 from lgvq.quantize import ResidualQuantizer
-from lgvq.train import train
 
 
 @pytest.mark.parametrize("name", ["shapes-rqvae", "shapes-rqvae-lg"])
