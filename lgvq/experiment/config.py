@@ -64,7 +64,8 @@ class GuidanceConfig:
     temperature: float = bounded(1.0, above=0)
     mtp_input: str | None = None  # None: the flavour's (leak_free for lgvq, contextual for release)
     flavour: str = choice("lgvq", ("lgvq", "release"))  # LanguageGuidance's flavour
-    cache_captions: bool = True
+    cache_captions: bool = True  # keep the unmasked captions' features in memory (exact: lgvq.text.cache)
+    cache_dir: str | None = None  # a folder for a memory-mapped table of every caption's features (lgvq.text.table)
 
 
 @dataclass

@@ -42,6 +42,8 @@ from lgvq.experiment.run_folder import RunFolderLock
 from lgvq.experiment.splits import dataset_args
 from lgvq.experiment.visualize import save_image_grid
 from lgvq.extras import needs_extra
+from lgvq.text.cache import encode_ahead
+from lgvq.text.table import attach_caption_table, training_captions
 
 with needs_extra("train"):
     from tqdm import tqdm
@@ -142,6 +144,8 @@ def _train(config: ExperimentConfig, resume: bool, progress: bool, existing: str
     run.world = world
     seed_everything(config.train.seed + rank)  # ranks draw different dropout and masks
     dataset = load_dataset(**dataset_args(config, config.data.split, config.data.size))
+    if run.guidance is not None and config.guidance.cache_dir is not None:  # rank 0 builds, every rank reads
+        attach_caption_table(run.guidance.text_encoder, training_captions(dataset), config.guidance.cache_dir)
     optimizers = make_optimizers(run)
     step = 0
     if checkpoint is not None:
@@ -153,6 +157,8 @@ def _train(config: ExperimentConfig, resume: bool, progress: bool, existing: str
     preview = torch.stack([dataset[i]["image"] for i in range(min(8, len(dataset)))]).to(run.device)
     logger = RunLogger(out_dir, tensorboard=config.train.tensorboard, enabled=lead, start_step=step)
     batches = batches_from(dataset, config, step, rank, run.world)
+    if run.guidance is not None:
+        batches = encode_ahead(batches, run.guidance.text_encoder)  # first-epoch captions in whole chunks
     bar = tqdm(total=config.train.steps, initial=step, disable=not (progress and lead), desc=f"train {out_dir.name}",
                dynamic_ncols=True)
     try:
