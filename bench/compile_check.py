@@ -75,8 +75,15 @@ MODES = {
 #: and a 16-bit dtype, and the row kernels' one- and multi-tile d loops.
 CI_NEAREST = {"fp32-tf32x3": (64, 256), "fp32-tf32": (64, 256), "bf16": (256, 300)}
 CI_ROWS = {"fp32-tf32x3": (300,), "bf16": (64,)}
+#: The codebook softmax holds whole rows (``kernels.softmax.MAX_D``: 64 fp32, 256 16-bit); 18 is
+#: LFQ's 2^18 codes.
+SOFTMAX_DIMS = {"fp32-tf32x3": (18, 64), "fp32-tf32": (18, 64), "fp16": (64, 256), "bf16": (18, 64, 256)}
+CI_SOFTMAX = {"fp32-tf32x3": (18, 64), "bf16": (64, 256)}
 CHECK_OFFSETS = ("_nearest_kernel", "_gather_sqerr_kernel", "_quantize_backward_kernel",
-                 "_counts_sums_kernel", "_segment_sum_sorted_kernel")
+                 "_counts_sums_kernel", "_segment_sum_sorted_kernel", "_residual_kernel")
+#: The fused residual kernel holds rows of up to 128 elements: factorised audio codes (d = 8)
+#: to an audio codec's d = 128 (wider rows search stage by stage with the nearest kernel).
+RESIDUAL_DIMS = (8, 64, 128)
 
 
 # --------------------------------------------------------------------------- recording launches
@@ -139,6 +146,9 @@ def capture_launches(arch: int):
         self.nargs = None
 
     def _nearest_model(tuner, config, kwargs):
+        if _jit_function(tuner.fn).__name__ == "_residual_kernel":  # the same model, x held whole
+            e = tuner.nargs["e_ptr"]
+            return nearest.shared_memory_bytes(config, kwargs["BLOCK_D"], True, e.element_size(), kwargs["PRECISION"])
         if _jit_function(tuner.fn).__name__ != "_nearest_kernel":
             return None
         x = tuner.nargs["x_ptr"]
@@ -198,6 +208,39 @@ def _relation_launches(mode: str, d: int, label: dict):
         relation_backward(tokens, state, torch.empty((), device="meta"))
 
 
+def _softmax_launches(mode: str, d: int, label: dict):
+    from lgvq.kernels.softmax import probability_sums, softmax_backward, softmax_forward
+
+    dtype = MODES[mode][0]
+    n, k = 65536, 262144
+    z = torch.empty(n, d, device="meta", dtype=dtype)
+    e = torch.empty(k, d, device="meta", dtype=dtype)
+    lse, bias, scalar = torch.empty(n, device="meta"), torch.empty(k, device="meta"), torch.empty((), device="meta")
+    for codes, b, case in ((e, None, "dot"), (e, bias, "l2"), (None, None, "lfq")):
+        if codes is None and d > 24:  # LFQ: d bits, 2^d codes
+            continue
+        label["shape"] = f"N={n} K={k if codes is not None else 2**d} {case}"
+        softmax_forward(z, codes, b, 1.0, attend=codes is not None, entropy=codes is None)
+        softmax_forward(z, codes, b, 1.0, attend=False, entropy=True)
+        probability_sums(z, codes, b, 1.0, lse)
+        softmax_backward(z, codes, b, 1.0, lse, grad_entropy=scalar, grad_sums=bias, code_grad=True)
+        if codes is not None:
+            softmax_backward(z, codes, b, 1.0, lse, soft=z, grad_soft=z, code_grad=True)
+
+
+def _residual_launches(mode: str, d: int, label: dict):
+    from lgvq.kernels.residual import residual_search
+
+    dtype = MODES[mode][0]
+    shapes = ((16384, 8, 1024), (16384, 32, 1024), (65536, 4, 16384)) if label["subset"] == "full" else ((16384, 8, 1024),)
+    for n, stages, k in shapes:  # audio codecs (L = 8, 32), an image tokenizer
+        x = torch.empty(n, d, device="meta", dtype=dtype)
+        codes = torch.empty(stages, k, d, device="meta", dtype=dtype)
+        for cos in (False, True):
+            label["shape"] = f"N={n} L={stages} K={k}" + (" cos" if cos else "")
+            residual_search(x, codes, torch.empty(stages, k, device="meta"), cos)
+
+
 @contextlib.contextmanager
 def _deterministic(on: bool):
     before = torch.are_deterministic_algorithms_enabled()
@@ -213,11 +256,15 @@ def plan(arch: int, subset: str) -> list[Launch]:
     if subset == "ci":
         cases = [("nearest", m, d) for m, dims in CI_NEAREST.items() for d in dims]
         cases += [("rows", m, d) for m, dims in CI_ROWS.items() for d in dims]
-        cases += [("relation", "fp32-tf32x3", 768)]
+        cases += [("relation", "fp32-tf32x3", 768), ("residual", "fp32-tf32x3", 128), ("residual", "bf16", 8)]
+        cases += [("softmax", m, d) for m, dims in CI_SOFTMAX.items() for d in dims]
     else:
         cases = [(fam, m, d) for fam in ("nearest", "rows") for m in MODES for d in DIMS]
         cases += [("relation", m, d) for m in MODES for d in (300, 768)]
-    makers = {"nearest": _nearest_launches, "rows": _row_launches, "relation": _relation_launches}
+        cases += [("residual", m, d) for m in MODES for d in RESIDUAL_DIMS]
+        cases += [("softmax", m, d) for m, dims in SOFTMAX_DIMS.items() for d in dims]
+    makers = {"nearest": _nearest_launches, "rows": _row_launches, "relation": _relation_launches,
+              "residual": _residual_launches, "softmax": _softmax_launches}
     unique: dict[str, Launch] = {}
     with capture_launches(arch) as (launches, label):
         for family, mode, d in cases:
@@ -304,9 +351,9 @@ def i32_tensor_multiplies(ttir: str) -> int:
 
 
 def _kernel_function(name: str) -> JITFunction:
-    from lgvq.kernels import nearest, quantize, relation
+    from lgvq.kernels import nearest, quantize, relation, residual, softmax
 
-    for module in (nearest, quantize, relation):
+    for module in (nearest, quantize, relation, residual, softmax):
         if hasattr(module, name):
             return _jit_function(getattr(module, name))
     raise KeyError(name)

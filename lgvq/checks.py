@@ -20,6 +20,7 @@ checks unconditionally.
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 from typing import Iterable
 
@@ -114,7 +115,39 @@ def check_choice(name: str, value, choices: Iterable) -> None:
 
 
 def check_positive(name: str, value, *, allow_zero: bool = False) -> None:
-    ok = value >= 0 if allow_zero else value > 0
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
+    """A real number (not a bool, a string or None) > 0, or >= 0 with ``allow_zero``."""
+    bound = ">= 0" if allow_zero else "> 0"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number {bound}, got {value!r}")
+    if not (value >= 0 if allow_zero else value > 0):  # `not`: NaN fails both bounds
         raise ValueError(f"{name} must be {bound}, got {value!r}")
+
+
+def check_count(name: str, value, *, minimum: int = 1) -> None:
+    """An integer (``int`` or numpy's, not a bool or a whole float) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_between(name: str, value, low: float, high: float) -> None:
+    """A real number strictly between ``low`` and ``high`` (a decay, a probability)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low < value < high:
+        raise ValueError(f"{name} must be a number in ({low}, {high}), got {value!r}")
+
+
+def check_instance(name: str, value, kind: type, what: str, *, optional: bool = False) -> None:
+    """``value`` is a ``kind`` (described to the user as ``what``), or None when ``optional``."""
+    if not (isinstance(value, kind) or (optional and value is None)):
+        raise TypeError(f"{name} must be {what}{' or None' if optional else ''}, got {type(value).__name__}")
+
+
+def check_sizes(name: str, value, length: int, what: str) -> tuple[int, ...]:
+    """A sequence of ``length`` integers >= 1 (a shape such as ``what`` = "(B, H, W, C)"); returned as a tuple."""
+    ok = isinstance(value, (tuple, list, torch.Size)) and len(value) == length and all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in value
+    )
+    if not ok:
+        raise ValueError(f"{name} must be {length} positive integers {what}, got {value!r}")
+    return tuple(int(v) for v in value)

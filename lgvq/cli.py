@@ -115,6 +115,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--text-encoder", default=None, help="local CLIP ViT-B/32 folder, the release's text tower")
     p.add_argument("--no-guidance", dest="guidance", action="store_false",
                    help="convert the autoencoder and discriminator only")
+    p.add_argument("--release-config", default=None,
+                   help="the release YAML the checkpoint was trained with (default: LOGDIR/configs/*-project.yaml)")
+    p.add_argument("--guidance-heads", type=int, default=None,
+                   help="attention heads of its guidance (ddconfig.mask_transformer_head), when no config says")
+    p.add_argument("--guidance-layers", type=int, default=None, help="depth of its guidance, checked against the tensors")
     return parser
 
 
@@ -316,7 +321,8 @@ def cmd_convert_release(args) -> None:
     from lgvq.experiment.convert import convert_release
 
     written = convert_release(args.checkpoint, args.out, config=args.config, text_encoder=args.text_encoder,
-                              guidance=args.guidance)
+                              guidance=args.guidance, release_config=args.release_config,
+                              layers=args.guidance_layers, heads=args.guidance_heads)
     print(f"run: {args.out} (checkpoint {written.name})")
 
 

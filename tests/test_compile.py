@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lgvq.compat import LFQ, IndexPropagationQuantize
 from lgvq.guidance import LanguageGuidance
 from lgvq.quantize import VectorQuantizer
 from lgvq.text import BertLikeEncoder
@@ -95,6 +96,35 @@ def test_guided_vq_step_compiles_without_graph_break(tiny_text_encoder, backend,
     _assert_compiled_matches_eager(model, images, text, backend="aot_eager")
 
 
+SOFTMAX_QUANTIZERS = {
+    "ibq+entropy": lambda: IndexPropagationQuantize(32, 8, use_entropy_loss=True, track_usage=True),
+    "lfq": lambda: LFQ(dim=8, codebook_size=256, track_usage=True),
+    "vq+llamagen-entropy": lambda: VectorQuantizer(32, 8, entropy_loss_ratio=0.1, track_usage=True),
+}
+
+
+@pytest.mark.parametrize("name", SOFTMAX_QUANTIZERS)
+def test_softmax_quantizer_step_compiles_without_graph_break(name):
+    """The softmax ops' quantizers (modern face, training): eager's loss, gradients and usage."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    quantizer = SOFTMAX_QUANTIZERS[name]().train()
+    eager = copy.deepcopy(quantizer)
+    z = torch.randn(2, 4, 4, 8, requires_grad=True)
+
+    def step(q, call):
+        out = call(z)
+        loss = out.loss + out.z_q.square().mean()
+        return loss.detach(), torch.autograd.grad(loss, [z, *q.parameters()]), out.usage
+
+    expected = step(eager, eager.quantize)
+    got = step(quantizer, torch.compile(quantizer.quantize, fullgraph=True, backend="aot_eager"))
+    torch.testing.assert_close(got[0], expected[0])
+    for value, reference in zip(got[1], expected[1]):
+        torch.testing.assert_close(value, reference, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(got[2], expected[2])
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("face", ["taming", "modern"])
 def test_gpu_guided_vq_step_compiles_with_inductor(tiny_text_encoder, face):
@@ -103,3 +133,27 @@ def test_gpu_guided_vq_step_compiles_with_inductor(tiny_text_encoder, face):
     model = GuidedVQ(encoder, "triton", face).cuda().train()
     images = torch.rand(2, 3, 8, 8, device="cuda")
     _assert_compiled_matches_eager(model, images, encoder(CAPTIONS))
+
+
+@pytest.mark.slow
+def test_residual_quantizer_step_compiles_without_graph_break():
+    """ResidualQuantizer's training step (fused op, per-stage EMA and restarts) in one graph, with
+    the eager step's values and buffers."""
+    from lgvq.quantize import ResidualQuantizer
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    eager = ResidualQuantizer(32, 8, 3, dead_code_threshold=0.5).train()
+    compiled = copy.deepcopy(eager)
+    z = torch.randn(2, 4, 4, 8)
+
+    def step(quantizer, run):
+        torch.manual_seed(1)  # the same restart draws
+        out = run(z)
+        return out.z_q, out.loss
+
+    want = step(eager, eager.quantize)
+    got = step(compiled, torch.compile(compiled.quantize, fullgraph=True, backend="aot_eager"))
+    torch.testing.assert_close(got, want)
+    for name, buffer in eager.named_buffers():
+        torch.testing.assert_close(compiled.get_buffer(name), buffer, msg=name)

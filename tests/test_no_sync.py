@@ -20,13 +20,22 @@ import pytest
 import torch
 
 import lgvq
+from lgvq.compat import LFQ, IndexPropagationQuantize
 from lgvq.checks import strict_mode
 from lgvq.experiment.config import load_config
 from lgvq.experiment.run import build_run
 from lgvq.experiment.train import make_optimizers, train_step
 from lgvq.guidance import LanguageGuidance
-from lgvq.ops import code_counts_and_sums, nearest_code, relation_alignment_loss, vector_quantize
-from lgvq.quantize import ClusteredVectorQuantizer, VectorQuantizer
+from lgvq.ops import (
+    code_counts_and_sums,
+    codebook_entropy,
+    index_backprop_quantize,
+    lfq_entropy,
+    nearest_code,
+    relation_alignment_loss,
+    vector_quantize,
+)
+from lgvq.quantize import ClusteredVectorQuantizer, ResidualQuantizer, VectorQuantizer
 from lgvq.text import load_text_encoder
 
 #: Tensor methods that read values back to the host (``float(t)``, ``int(t)``, ``if t:``,
@@ -134,6 +143,10 @@ def _op_calls(device="cpu", backend="torch"):
         (z_q.sum() + loss).backward()
         code_counts_and_sums(z.detach(), idx, 16, backend=backend)
         relation_alignment_loss(words, mask, tokens, codes, backend=backend).backward()
+        z_q, _ = index_backprop_quantize(z, codebook, backend=backend)
+        sample_entropy, avg_entropy = codebook_entropy(z, codebook, metric="l2", backend=backend)
+        lfq_sample, lfq_avg = lfq_entropy(z[..., :4], backend=backend)
+        (z_q.sum() + sample_entropy - avg_entropy + lfq_sample - lfq_avg).backward()
 
     return run
 
@@ -165,6 +178,9 @@ QUANTIZERS = {
     "cvq-probrandom": lambda: ClusteredVectorQuantizer(32, 8, contrastive=True),
     "cvq-closest": lambda: ClusteredVectorQuantizer(32, 8, anchor="closest", first_batch_only=True),
     "cvq-random": lambda: ClusteredVectorQuantizer(32, 8, anchor="random", dead_code_threshold=0.5),
+    "vq+llamagen-entropy": lambda: VectorQuantizer(32, 8, entropy_loss_ratio=0.1, track_usage=True),
+    "ibq+entropy": lambda: IndexPropagationQuantize(32, 8, use_entropy_loss=True, track_usage=True),
+    "lfq": lambda: LFQ(dim=8, codebook_size=256, track_usage=True),
 }
 
 
@@ -173,7 +189,8 @@ def _quantizer_steps(q, device="cpu"):
     z_last = torch.randn(2, 4, 4, 8, device=device, requires_grad=True)
 
     def run():
-        z_q, loss, _ = q(z)  # the taming face
+        z_q, loss, _ = q(z)  # the taming face (the peer's, for IBQ and LFQ)
+        loss = sum(loss) if isinstance(loss, tuple) else loss  # IBQ's entropy terms
         (z_q.square().mean() + loss).backward()
         out = q.quantize(z_last)  # the modern face
         (out.z_q.square().mean() + out.loss).backward()
@@ -186,6 +203,20 @@ def test_quantizer_training_steps_make_no_sync(name):
     q = QUANTIZERS[name]().train()
     _quantizer_steps(q)()  # the first step may sync: k-means initialisation, a one-off
     assert count_syncs(_quantizer_steps(q)) == []
+
+
+@pytest.mark.parametrize("metric, codebook_dim", [("l2", None), ("cos", 4)])
+def test_residual_quantizer_training_steps_make_no_sync(metric, codebook_dim):
+    rq = ResidualQuantizer(32, 8, 3, codebook_dim=codebook_dim, metric=metric, dead_code_threshold=0.5,
+                           track_usage=True).train()
+    z = torch.randn(2, 4, 4, 8, requires_grad=True)
+
+    def run():
+        out = rq.quantize(z)
+        (out.z_q.square().mean() + out.loss).backward()
+
+    run()
+    assert count_syncs(run) == []
 
 
 # ---- language guidance and a whole guided training step ----------------------------------------

@@ -64,6 +64,8 @@ class GuidanceConfig:
     temperature: float = bounded(1.0, above=0)
     mtp_input: str | None = None  # None: the flavour's (leak_free for lgvq, contextual for release)
     flavour: str = choice("lgvq", ("lgvq", "release"))  # LanguageGuidance's flavour
+    layers: int = bounded(2, low=1)  # depth of the visual-token ViT and the Lmtp decoder
+    heads: int = bounded(1, low=1)  # their attention heads
     cache_captions: bool = True  # keep the unmasked captions' features in memory (exact: lgvq.text.cache)
     cache_dir: str | None = None  # a folder for a memory-mapped table of every caption's features (lgvq.text.table)
 

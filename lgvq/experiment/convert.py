@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from lgvq.guidance.release_architecture import project_configs_beside, release_guidance_architecture
+
 GUIDANCE_PREFIXES = ("mskTransformer.", "mask_learned_parameter", "mlm_layer.", "wrsr_fc.")
 MODEL_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.", "quantize.")
 DISCRIMINATOR_PREFIX = "loss.discriminator."
@@ -191,29 +193,32 @@ def _load_exactly(module: torch.nn.Module, tensors: dict[str, torch.Tensor], wha
     module.load_state_dict({**own, **tensors})
 
 
-def read_release_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], int]:
-    """(state_dict, global_step) of a Lightning checkpoint of the release's VQModel."""
+def read_release_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], int, dict]:
+    """(state_dict, global_step, hyper_parameters or {}) of a Lightning checkpoint of the release's VQModel."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"release checkpoint not found: {path}")
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict' mapping)")
-    return ckpt["state_dict"], int(ckpt.get("global_step", 0))
+    return ckpt["state_dict"], int(ckpt.get("global_step", 0)), dict(ckpt.get("hyper_parameters") or {})
 
 
 def convert_release(checkpoint: str | Path, out_dir: str | Path, *, config: str | Path | None = None,
-                    text_encoder: str | None = None, guidance: bool = True) -> Path:
+                    text_encoder: str | None = None, guidance: bool = True, release_config: str | Path | None = None,
+                    layers: int | None = None, heads: int | None = None) -> Path:
     """Write an lgvq run for a release checkpoint into ``out_dir`` (which must not hold a run).
 
     config: a YAML config for everything the checkpoint does not say (data, loss files, the
     release's per-dataset loss weights: ``configs/paper/*``); the model and guidance settings
     are set from the checkpoint. text_encoder: a local CLIP ViT-B/32 folder (the release's text
     tower), needed to carry the guidance; ``guidance=False`` converts without it, on purpose.
-    Returns the checkpoint folder written.
+    release_config / layers / heads: the release config the checkpoint was trained with, or its
+    guidance depth and heads (``lgvq.guidance.release_architecture``: the head count must be
+    stated there, here or in the checkpoint's hyper-parameters). Returns the checkpoint folder written.
     """
     from lgvq.experiment.checkpoint import save_checkpoint
-    from lgvq.experiment.config import config_to_dict, load_config
+    from lgvq.experiment.config import config_to_dict, load_config, read_yaml
     from lgvq.models.registry import get_spec
     from lgvq.experiment.run import build_run
 
@@ -225,7 +230,7 @@ def convert_release(checkpoint: str | Path, out_dir: str | Path, *, config: str 
             "the release's guidance needs its text encoder: pass --text-encoder DIR (a local CLIP "
             "ViT-B/32, e.g. openai/clip-vit-base-patch32), or --no-guidance to leave the guidance out"
         )
-    state, step = read_release_checkpoint(checkpoint)
+    state, step, hyper_parameters = read_release_checkpoint(checkpoint)
     parts = split_release_state(state)
     run_config = load_config(config)
     name = "cvq-f16-paper" if "quantize.embed_prob" in parts["model"] else "vqgan-f16-paper"
@@ -240,6 +245,12 @@ def convert_release(checkpoint: str | Path, out_dir: str | Path, *, config: str 
         run_config.guidance.flavour = "release"
         run_config.guidance.mtp_input = None
         run_config.guidance.temperature = 1.0
+        counted = {what: _layer_count(parts["guidance"], f"mskTransformer.{prefix}.") for what, prefix in
+                   (("ViT blocks", "encoder.transformer.resblocks"), ("decoder layers", "decoder.layers"))}
+        configs = [Path(release_config)] if release_config is not None else project_configs_beside(checkpoint)
+        found = release_guidance_architecture(counted, hyper_parameters, {str(p): read_yaml(p) for p in configs},
+                                              layers, heads)
+        run_config.guidance.layers, run_config.guidance.heads = found["layers"], found["heads"]
     run_config.train.out_dir = str(out_dir)
     run_config.train.device = "cpu"
 

@@ -75,7 +75,8 @@ def build_run(config: ExperimentConfig) -> Run:
         guidance = LanguageGuidance(
             model.config.embed_dim, model.config.latent_size, encoder,
             weights=tuple(config.guidance.weights), temperature=config.guidance.temperature,
-            mtp_input=config.guidance.mtp_input, flavour=config.guidance.flavour, backend=model.config.backend,
+            mtp_input=config.guidance.mtp_input, flavour=config.guidance.flavour, layers=config.guidance.layers,
+            heads=config.guidance.heads, backend=model.config.backend,
         )
     run = Run(config, device, model, loss, guidance)
     for module in run.modules().values():

@@ -8,8 +8,8 @@ The frozen text encoder is used but not owned: it is kept out of ``state_dict`` 
 weights are the encoder's files, not training state) and follows ``.to()``.
 
 Two flavours share one set of parameter names. ``flavour="release"`` reproduces the authors'
-release (its Lmtp padding behaviour, QuickGELU ViT, unbiased projection, decoder LayerNorm
-eps and dropout placement, initialisation, contextual Lmtp input); ``"lgvq"`` (the default)
+release (its padding rule and Lmtp padding behaviour, QuickGELU ViT, unbiased projection, decoder
+LayerNorm eps and dropout placement, initialisation, contextual Lmtp input); ``"lgvq"`` (the default)
 differs from it where the release leaks or is accidental. The README's "Release flavour"
 section lists the differences and the reason for each.
 """
@@ -22,7 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lgvq.checks import check_choice, check_finite_if_strict, check_positive, check_tensor
+from lgvq.checks import (
+    check_choice,
+    check_count,
+    check_finite_if_strict,
+    check_instance,
+    check_positive,
+    check_same_device,
+    check_tensor,
+)
 from lgvq.guidance.semantic import (
     MaskedTextPredictor,
     global_semantic_alignment_loss,
@@ -32,7 +40,7 @@ from lgvq.guidance.semantic import (
 )
 from lgvq.guidance.visual_tokens import VisualTokenizer
 from lgvq.ops.relation import relation_alignment_loss
-from lgvq.text import EncodedText, TextEncoder
+from lgvq.text import EncodedText, TextEncoder, TokenizedText
 
 MTP_INPUTS = ("leak_free", "contextual")
 FLAVOURS = ("lgvq", "release")
@@ -74,6 +82,9 @@ class LanguageGuidance(nn.Module):
             flavour's (leak_free for ``"lgvq"``, contextual for ``"release"``).
         flavour: ``"lgvq"`` (default) or ``"release"``, which matches the release's losses
             and gradients given the same weights, inputs and masks.
+        layers, heads: depth and attention heads of both the visual-token ViT and the Lmtp
+            decoder (the release's ``mask_transformer_layer`` / ``_head``; 2 and 1 in every
+            released config). ``heads`` must divide ``code_dim`` and the text width.
         backend: backend of the fused Lras op.
     """
 
@@ -87,10 +98,14 @@ class LanguageGuidance(nn.Module):
         temperature: float = 1.0,
         mtp_input: str | None = None,
         flavour: str = "lgvq",
+        layers: int = 2,
+        heads: int = 1,
         backend: str = "auto",
     ):
         super().__init__()
         check_positive("code_dim", code_dim)
+        check_count("layers", layers)
+        check_count("heads", heads)
         check_positive("temperature", temperature)
         check_choice("flavour", flavour, FLAVOURS)
         release = flavour == "release"
@@ -103,17 +118,22 @@ class LanguageGuidance(nn.Module):
             raise TypeError(f"text_encoder must be an lgvq.text.TextEncoder, got {type(text_encoder).__name__}")
         object.__setattr__(self, "text_encoder", text_encoder)  # used, not owned: not a submodule
         dim = text_encoder.dim
+        for width, what in ((code_dim, "code_dim"), (dim, "the text encoder's width")):
+            if width % heads:
+                raise ValueError(f"heads must divide {what} ({width}), got {heads}")
         self.code_dim = code_dim
         self.weights = tuple(float(w) for w in weights)
         self.temperature = temperature
         self.mtp_input = mtp_input
         self.flavour = flavour
         self.backend = backend
-        self.visual = VisualTokenizer(code_dim, _grid_positions(grid_size), dim, release=release)
+        self.visual = VisualTokenizer(code_dim, _grid_positions(grid_size), dim, layers=layers, heads=heads,
+                                      release=release)
         self.sentence_proj = (
             nn.Linear(dim, text_encoder.sentence_dim) if text_encoder.sentence_dim != dim else nn.Identity()
         )
-        self.mtp = MaskedTextPredictor(dim, text_encoder.max_length, text_encoder.vocab_size, release=release)
+        self.mtp = MaskedTextPredictor(dim, text_encoder.max_length, text_encoder.vocab_size, layers=layers,
+                                       heads=heads, release=release)
         self.relation_head = nn.Sequential(nn.Linear(code_dim, dim), nn.GELU(), nn.LayerNorm(dim))
         if release:
             nn.init.normal_(self.relation_head[0].weight, std=0.01)  # the release's wrsLayer
@@ -125,9 +145,10 @@ class LanguageGuidance(nn.Module):
 
     # ---- inputs ------------------------------------------------------------------------
 
-    def _flatten_codes(self, z_q: torch.Tensor, channels_last: bool) -> torch.Tensor:
-        check_tensor("z_q", z_q, min_ndim=3, finite=False)
-        check_finite_if_strict("z_q", z_q)  # NaN named here, not as a derived tensor deep in Lras
+    def _flatten_codes(self, z_q: torch.Tensor, channels_last: bool, name: str = "z_q") -> torch.Tensor:
+        check_tensor(name, z_q, min_ndim=3, finite=False)
+        check_same_device(**{name: z_q, "the guidance's parameters": self.relation_head[0].weight})
+        check_finite_if_strict(name, z_q)  # NaN named here, not as a derived tensor deep in Lras
         if z_q.dim() == 3:  # (B, hw, C) token sequence
             tokens = z_q
         else:
@@ -135,9 +156,18 @@ class LanguageGuidance(nn.Module):
         if tokens.shape[-1] != self.code_dim:
             layout = "(B, h, w, C)" if channels_last else "(B, C, h, w)"
             raise ValueError(
-                f"z_q must be {layout} or (B, hw, C) with C={self.code_dim}, got shape {tuple(z_q.shape)}"
+                f"{name} must be {layout} or (B, hw, C) with C={self.code_dim}, got shape {tuple(z_q.shape)}"
             )
         return tokens.to(self.relation_head[0].weight.dtype)  # e.g. float64 z_q meets the heads' float32
+
+    def padding(self, tokens: TokenizedText) -> torch.Tensor:
+        """(B, L) bool, True at padding. The release takes ``ids == 0`` (its real-token mask is
+        ``ids != 0``), so with CLIP's tokenizer a "!" (id 0) inside a caption is padding there:
+        zeroed, never predicted, left out of Lras. The default flavour takes the tokenizer's
+        attention mask."""
+        if self.flavour == "release":
+            return tokens.ids == 0
+        return tokens.attention_mask == 0
 
     def encode_text(self, captions) -> EncodedText:
         if isinstance(captions, EncodedText):
@@ -161,6 +191,10 @@ class LanguageGuidance(nn.Module):
         entries ``codebook[indices]`` themselves (the release routes it into z_q).
         """
         codes = self._flatten_codes(z_q, channels_last)
+        if ras_codes is not None and (not isinstance(ras_codes, torch.Tensor) or ras_codes.shape != z_q.shape):
+            got = tuple(ras_codes.shape) if isinstance(ras_codes, torch.Tensor) else type(ras_codes).__name__
+            raise ValueError(f"ras_codes must be None or have z_q's shape {tuple(z_q.shape)}, got {got}")
+        check_instance("generator", generator, torch.Generator, "a torch.Generator", optional=True)
         text = self.encode_text(captions)
         if text.words.shape[0] != codes.shape[0]:
             raise ValueError(f"got {text.words.shape[0]} captions for a batch of {codes.shape[0]} code grids")
@@ -168,14 +202,16 @@ class LanguageGuidance(nn.Module):
 
         gsa = global_semantic_alignment_loss(self.sentence_proj(tokens[:, 0]), text.sentence, self.temperature)
         mtp = self._masked_text_loss(text, tokens, generator)
-        ras = self._relation_loss(text, tokens, codes if ras_codes is None else self._flatten_codes(ras_codes, channels_last))
+        relation_codes = codes if ras_codes is None else self._flatten_codes(ras_codes, channels_last, "ras_codes")
+        ras = self._relation_loss(text, tokens, relation_codes)
         w_gsa, w_mtp, w_ras = self.weights
         return GuidanceOutput(loss=w_gsa * gsa + w_mtp * mtp + w_ras * ras, gsa=gsa, mtp=mtp, ras=ras)
 
     def _masked_text_loss(self, text: EncodedText, visual_tokens, generator) -> torch.Tensor:
-        mask = sample_word_mask(text.tokens, draw_mask_ratio(generator), generator)
+        padding = self.padding(text.tokens)
+        # padding is special in the default flavour, so `& ~padding` only drops the release's id-0 words
+        mask = sample_word_mask(text.tokens, draw_mask_ratio(generator), generator) & ~padding
         words = self._mtp_words(text, mask, leak_free=self.mtp_input == "leak_free")
-        padding = text.tokens.attention_mask == 0
         return self.mtp.masked_loss(
             words, mask, padding, visual_tokens, self.text_encoder.word_embeddings, text.tokens.ids
         )
@@ -183,7 +219,7 @@ class LanguageGuidance(nn.Module):
     def predict_masked(self, text: EncodedText, mask: torch.Tensor, visual_tokens: torch.Tensor,
                        *, leak_free: bool = True) -> torch.Tensor:
         """Vocabulary logits (num_masked, V) at the ``mask``ed words, which are hidden."""
-        padding = text.tokens.attention_mask == 0
+        padding = self.padding(text.tokens)
         words = self._mtp_words(text, mask, leak_free)
         return self.mtp.logits(words, mask, padding, visual_tokens, self.text_encoder.word_embeddings)
 
@@ -195,7 +231,7 @@ class LanguageGuidance(nn.Module):
     def _relation_loss(self, text: EncodedText, visual_tokens, codes) -> torch.Tensor:
         projected = self.relation_head(codes)
         return relation_alignment_loss(
-            text.words, text.tokens.attention_mask, visual_tokens[:, 1:], projected, backend=self.backend
+            text.words, ~self.padding(text.tokens), visual_tokens[:, 1:], projected, backend=self.backend
         )
 
     # ---- the paper's alignment metrics (Tables 3 and 4) -----------------------------------
@@ -204,7 +240,8 @@ class LanguageGuidance(nn.Module):
     def masked_word_recall(self, z_q, captions, num_masked: int = 1, *, channels_last: bool = False,
                            generator: torch.Generator | None = None) -> tuple[int, int]:
         """(correct, total) top-1 predictions of ``num_masked`` random words per caption, leak-free."""
-        check_positive("num_masked", num_masked)
+        check_count("num_masked", num_masked)
+        check_instance("generator", generator, torch.Generator, "a torch.Generator", optional=True)
         text = self.encode_text(captions)
         visual_tokens = self.visual(self._flatten_codes(z_q, channels_last))
         mask = mask_k_words(text.tokens, num_masked, generator)

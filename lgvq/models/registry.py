@@ -47,6 +47,22 @@ MODELS: dict[str, ModelSpec] = {
         _TINY.replace(quantizer="cvq", cvq_contrastive=True),
         _TINY_GAN_LOSS,
     ),
+    "ibq-tiny": ModelSpec(
+        "vqvae-tiny with Open-MAGVIT2's IBQ quantizer (softmax over all 1024 codes, entropy loss 0.05)",
+        _TINY.replace(attn_resolutions=(), mid_attention=False, quantizer="ibq", n_embed=1024),
+        _VQVAE_LOSS,
+    ),
+    "lfq-tiny": ModelSpec(
+        "vqvae-tiny with Open-MAGVIT2's LFQ: 10 sign bits (1024 codes), exact entropy loss 0.1, commitment 0.25",
+        _TINY.replace(attn_resolutions=(), mid_attention=False, quantizer="lfq", embed_dim=10, n_embed=1024,
+                      entropy_loss_weight=0.1),
+        _VQVAE_LOSS,
+    ),
+    "rqvae-tiny": ModelSpec(
+        "vqvae-tiny with RQ-VAE's residual codes: 4 stages of K=256 EMA codes (d=64) per 8x8 position",
+        _TINY.replace(attn_resolutions=(), mid_attention=False, quantizer="rvq", num_stages=4),
+        _VQVAE_LOSS,
+    ),
     "vqgan-f16-paper": ModelSpec(
         "LG-VQ paper VQ-GAN: 256x256 -> 16x16 codes, K=1024, d=256, taming architecture and loss",
         VQModelConfig(legacy=True),

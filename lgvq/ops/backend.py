@@ -26,7 +26,8 @@ def resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
     """Return ``"triton"`` or ``"torch"`` for tensors living on one device.
 
     ``auto`` picks triton for CUDA tensors when triton is importable. ``triton`` on CPU
-    tensors works only under ``TRITON_INTERPRET=1`` (the test mode).
+    tensors works only under ``TRITON_INTERPRET=1`` (the test mode); elsewhere it is a
+    ValueError, like every other backend a call cannot use.
     """
     check_choice("backend", backend, BACKENDS)
     on_cuda = all(t.is_cuda for t in tensors)
@@ -37,7 +38,7 @@ def resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
     if not HAS_TRITON:
         raise RuntimeError("backend='triton' needs the triton package; install it or use backend='torch'")
     if not on_cuda and not INTERPRET:
-        raise RuntimeError(
+        raise ValueError(
             "backend='triton' needs CUDA tensors; on CPU it runs only under TRITON_INTERPRET=1 "
             "(set before importing triton). Use backend='torch' or 'auto' for CPU tensors."
         )

@@ -35,10 +35,17 @@ def straight_through(z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
 def vector_quantize_torch(
     z: torch.Tensor, codebook: torch.Tensor, beta: float, offsets: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Reference over flat z (N, d): plain torch ops, differentiated by autograd."""
+    """Reference over flat z (N, d): plain torch ops, differentiated by autograd.
+
+    The gather is ``F.embedding``, not ``codebook[idx]``: the latter's backward
+    (``index_put_(accumulate=True)``) adds the rows with parallel atomics on the CPU once
+    N·d ≥ 32,768 and more than one thread runs, so the codebook gradient, and every step after
+    it, changed from run to run. Embedding's CPU backward gives each thread a range of codes and
+    adds each code's rows in index order: the same sum on any number of threads.
+    """
     with torch.no_grad():
         _, idx = search(z.detach(), codebook.detach(), offsets, "torch")
-    e = codebook[idx]
+    e = F.embedding(idx, codebook)
     acc = torch.promote_types(z.dtype, torch.float32)
     loss = beta * F.mse_loss(z.to(acc), e.detach().to(acc)) + F.mse_loss(z.detach().to(acc), e.to(acc))
     return straight_through(z, e), idx, loss

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from lgvq.checks import check_finite_if_strict, check_same_device, check_tensor, is_strict
+from lgvq.checks import check_count, check_finite_if_strict, check_same_device, check_tensor, is_strict
 from lgvq.ops.backend import resolve_backend
 
 
@@ -44,8 +44,7 @@ def code_counts_and_sums(
     check_tensor("idx", idx, dtypes=(torch.int64, torch.int32), finite=False, nonempty=False)
     if idx.shape != x.shape[:-1]:
         raise ValueError(f"idx must have shape x.shape[:-1] = {tuple(x.shape[:-1])}, got {tuple(idx.shape)}")
-    if num_codes <= 0:
-        raise ValueError(f"num_codes must be > 0, got {num_codes}")
+    check_count("num_codes", num_codes)
     check_same_device(x=x, idx=idx)
     flat_x = x.reshape(-1, x.shape[-1])
     flat_idx = idx.reshape(-1).long()

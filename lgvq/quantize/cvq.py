@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from lgvq.checks import check_choice
+from lgvq.checks import check_between, check_choice
 from lgvq.ops import nearest_code, vector_quantize
 from lgvq.ops.nearest import DEFAULT_BLOCK_BYTES, check_codebook_inputs
 from lgvq.quantize.distributed import broadcast_, gather_rows
@@ -207,8 +207,7 @@ class ClusteredVectorQuantizer(VectorQuantizer):
         kwargs.pop("legacy", None)
         super().__init__(n_e, e_dim, beta, legacy=False, **kwargs)
         check_choice("anchor", anchor, ANCHORS)
-        if not 0.0 < cvq_decay < 1.0:
-            raise ValueError(f"cvq_decay must lie in (0, 1), got {cvq_decay}")
+        check_between("cvq_decay", cvq_decay, 0.0, 1.0)
         self.anchor, self.cvq_decay = anchor, cvq_decay
         self.first_batch_only, self.contrastive = first_batch_only, contrastive
         self.register_buffer("embed_prob", torch.zeros(n_e))  # the release's name, so its checkpoints load
@@ -234,7 +233,9 @@ class ClusteredVectorQuantizer(VectorQuantizer):
         broadcast_(anchors)  # rank 0's draws for everyone: the codebooks stay identical
         alpha = anchor_weights(self.embed_prob, self.cvq_decay)[:, None]
         weight = self.embedding.weight.detach().float()
-        self._set_codebook(weight * (1 - alpha) + anchors * alpha)
+        # a NaN/Inf anchor moves nothing, decided on the device (no sync): one bad row cannot poison a code
+        finite = torch.isfinite(anchors).all(dim=1, keepdim=True)
+        self._set_codebook(torch.where(finite, weight * (1 - alpha) + anchors * alpha, weight))
 
     def _refresh_host_state(self) -> None:
         super()._refresh_host_state()

@@ -21,6 +21,20 @@ def all_reduce_sum_(*tensors: torch.Tensor) -> None:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
 
 
+def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """Differentiable sum of ``t`` over ranks (the global batch's entropy sums).
+
+    Its backward sums the ranks' upstream gradients: when every rank applies the same loss to
+    the sum, each receives world_size × the single-process gradient for its own rows, which
+    DDP's averaging of gradients over ranks turns back into exactly that gradient.
+    """
+    if not is_distributed():
+        return t
+    from torch.distributed.nn.functional import all_reduce  # differentiable; not loaded by plain runs
+
+    return all_reduce(t, op=dist.ReduceOp.SUM)
+
+
 def broadcast_(*tensors: torch.Tensor, src: int = 0) -> None:
     """In-place copy of rank ``src``'s tensors to every rank (random draws made on one rank)."""
     if is_distributed():

@@ -35,13 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lgvq.checks import check_choice, check_positive, check_tensor
+from lgvq.checks import check_between, check_choice, check_count, check_positive, check_sizes, check_tensor
 from lgvq.ops import code_counts_and_sums, vector_quantize
 from lgvq.ops.stats import code_counts
 from lgvq.ops.nearest import METRICS
+from lgvq.ops.softmax import codebook_softmax_sums, entropy_from_sums
 from lgvq.quantize.distributed import all_reduce_sum_, broadcast_, gather_rows
 from lgvq.quantize.ema import ema_, laplace_smoothed_codes
 from lgvq.quantize.kmeans import kmeans, sample_rows
+from lgvq.quantize.usage import mark_used_, recent_usage
 
 
 @dataclass
@@ -88,6 +90,11 @@ class VectorQuantizer(nn.Module):
             it with random vectors of the current batch; 0 disables.
         track_usage: keep the running codebook-usage statistic (``QuantizerOutput.usage``,
             ``codebook_usage()``) over the last ``usage_window`` training steps.
+        entropy_loss_ratio: LlamaGen's entropy loss: in training, add ``entropy_loss_ratio`` ×
+            (mean per-sample entropy − entropy of the batch's average probabilities) of
+            ``softmax(−‖z − e‖² / entropy_temperature)`` over all codes (unit vectors with
+            ``metric="cos"``), computed without the N×K matrix (``lgvq.ops.softmax``); 0 disables.
+        entropy_temperature: its temperature (LlamaGen's 0.01).
         backend: ``"auto" | "triton" | "torch"``, passed to the ops.
 
     Buffers, and so state-dict keys, exist only for the features that are on: ``ema_counts``
@@ -115,17 +122,23 @@ class VectorQuantizer(nn.Module):
         dead_code_threshold: float = 0.0,
         track_usage: bool = False,
         usage_window: int = 100,
+        entropy_loss_ratio: float = 0.0,
+        entropy_temperature: float = 0.01,
         backend: str = "auto",
     ):
         super().__init__()
-        check_positive("n_e", n_e)
-        check_positive("e_dim", e_dim)
+        check_count("n_e", n_e)
+        check_count("e_dim", e_dim)
         check_positive("beta", beta, allow_zero=not legacy or ema)
         check_choice("metric", metric, METRICS)
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"decay must lie in (0, 1), got {decay}")
+        check_between("decay", decay, 0.0, 1.0)
+        check_positive("eps", eps)  # Laplace smoothing: eps <= 0 lets an unused code divide by ~0
+        check_count("kmeans_iters", kmeans_iters)
         check_positive("dead_code_threshold", dead_code_threshold, allow_zero=True)
-        check_positive("usage_window", usage_window)
+        check_count("usage_window", usage_window)
+        check_positive("entropy_loss_ratio", entropy_loss_ratio, allow_zero=True)
+        check_positive("entropy_temperature", entropy_temperature)
+        self.entropy_loss_ratio, self.entropy_temperature = entropy_loss_ratio, entropy_temperature
         self.n_e, self.e_dim, self.beta = n_e, e_dim, float(beta)
         self.metric, self.legacy, self.ema = metric, legacy, ema
         self.decay, self.eps = decay, eps
@@ -206,6 +219,8 @@ class VectorQuantizer(nn.Module):
             self._kmeans_init(flat.detach())
 
         z_q, idx, loss = self._quantize_flat(flat)
+        if self.training and self.entropy_loss_ratio > 0:
+            loss = loss + self.entropy_loss_ratio * self._entropy_loss(flat)
 
         with torch.no_grad():
             if self.ema:
@@ -236,6 +251,11 @@ class VectorQuantizer(nn.Module):
         if self.metric == "cos":
             codes = F.normalize(codes, dim=-1)
         if shape is not None:
+            b, h, w, c = check_sizes("shape", shape, 4, "(B, H, W, C)")
+            if c != self.e_dim or b * h * w != indices.numel():
+                raise ValueError(
+                    f"shape must be (B, H, W, C={self.e_dim}) with B·H·W = {indices.numel()} indices, got {tuple(shape)}"
+                )
             codes = codes.view(shape).permute(0, 3, 1, 2).contiguous()
         return codes
 
@@ -292,10 +312,20 @@ class VectorQuantizer(nn.Module):
             z_q, idx, loss = vector_quantize(flat, codebook, self.beta, self.metric, backend=self.backend)
         return z_q, idx, loss
 
+    def _entropy_loss(self, flat: torch.Tensor) -> torch.Tensor:
+        """LlamaGen's entropy loss on −distance logits (the codebook this step quantised with)."""
+        codebook = self._codebook_for_step()
+        if self.metric == "cos":  # −‖ẑ − ê‖², as LlamaGen's l2-normalised codebook gives
+            codebook = F.normalize(codebook, dim=-1)
+        entropy_sum, sums = codebook_softmax_sums(
+            flat, codebook, metric="l2", temperature=self.entropy_temperature, backend=self.backend
+        )
+        sample, avg = entropy_from_sums(entropy_sum, sums, flat.shape[0])
+        return sample - avg
+
     def _training_updates(self, flat: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor | None) -> None:
         if self.track_usage:
-            self.step += 1
-            self.last_used.copy_(torch.where(counts > 0, self.step, self.last_used))
+            mark_used_(self.last_used, self.step, counts)
         if sums is not None:
             self._ema_update(counts, sums)
         if self.dead_code_threshold > 0:
@@ -317,11 +347,13 @@ class VectorQuantizer(nn.Module):
         same vectors. (Under a process group, gathering the rows exchanges their counts: one
         sync per step there.)
         """
-        dead = (self.usage_ema < self.dead_code_threshold)[:, None]
         fresh = sample_rows(gather_rows(flat), self.n_e).to(self.embedding.weight.dtype)
         broadcast_(fresh)
         if self.metric == "cos":
             fresh = F.normalize(fresh, dim=-1)
+        # a NaN/Inf candidate is not adopted (its code stays dead until a finite one is drawn),
+        # decided on the device: no sync, and one bad batch row cannot poison the codebook
+        dead = (self.usage_ema < self.dead_code_threshold)[:, None] & torch.isfinite(fresh).all(dim=1, keepdim=True)
         with torch.no_grad():
             self.embedding.weight.copy_(torch.where(dead, fresh, self.embedding.weight))
         # a restarted code starts as an average code, so it gets a few steps to be picked
@@ -352,8 +384,7 @@ class VectorQuantizer(nn.Module):
         """Fraction of codes assigned at least once in the last ``usage_window`` training steps."""
         if not self.track_usage:
             raise RuntimeError("codebook_usage() needs the quantizer built with track_usage=True")
-        recent = (self.last_used >= 0) & (self.step - self.last_used < self.usage_window)
-        return recent.float().mean()
+        return recent_usage(self.last_used, self.step, self.usage_window)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """Checkpoints of other configurations load with strict=True: a buffer this module has

@@ -71,7 +71,7 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 def frozen_codebook(model) -> torch.Tensor:
     """A detached copy of the VQ model's codebook (K, d): later VQ training cannot move it."""
-    return model.quantize.embedding.weight.detach().float().clone()
+    return model.quantize.codebook.detach().float().clone()
 
 
 def code_grid(model) -> tuple[int, int]:

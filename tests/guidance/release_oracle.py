@@ -304,3 +304,11 @@ class ReleaseTextSupervision(nn.Module):
         nce = self.global_infor_sup(global_token, last_text_feature).mean()
         wrs = self.wrsrelation_sup(vision_token, quant, all_text_features, mask_padding)
         return nce, msk.mean(), wrs
+
+
+def release_text_inputs(ids, attention_mask, word_mask):
+    """(text_mask, mask_padding) as the release's get_text_input builds them from CLIP's ids:
+    text_mask 1 at kept tokens, 0 at masked words and at the tokenizer's padding (its tokenize
+    writes both); mask_padding 1 where ``ids != 0``, so an id-0 token inside a caption is
+    padding too."""
+    return (~word_mask).int() * attention_mask.int(), (ids != 0).float()

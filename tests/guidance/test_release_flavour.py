@@ -22,8 +22,8 @@ from lgvq.experiment.config import load_config
 from lgvq.experiment.convert import guidance_state_from_release
 from lgvq.guidance import RELEASE_WEIGHTS, LanguageGuidance
 from lgvq.guidance.semantic import sample_mask_ratio, sample_word_mask
-from lgvq.text import EncodedText, load_text_encoder
-from tests.guidance.release_oracle import ReleaseTextSupervision
+from lgvq.text import EncodedText, TokenizedText, load_text_encoder
+from tests.guidance.release_oracle import ReleaseTextSupervision, release_text_inputs
 
 CAPTIONS = [
     "a small red bird with a short black beak sits on a thin branch",
@@ -89,10 +89,8 @@ def numbered_dropout(monkeypatch):
 
 
 def _release_losses(oracle, z_q, text, mask):
-    """text_supervise with the release's inputs: its text_mask is 1 at kept real tokens and 0
-    at masked words and at padding; mask_padding is 1 at real tokens (ids != 0)."""
-    padding = text.tokens.attention_mask.float()
-    text_mask = (~mask).int() * text.tokens.attention_mask.int()
+    """text_supervise with the release's inputs (``release_text_inputs``)."""
+    text_mask, padding = release_text_inputs(text.tokens.ids, text.tokens.attention_mask, mask)
     return oracle.text_supervise(z_q, text.words, text.sentence, text_mask, padding, text.tokens.ids)
 
 
@@ -138,6 +136,33 @@ def test_release_flavour_matches_the_release_losses_and_gradients(text_encoder, 
     diffs = _max_differences(oracle, guidance, z_q, text, mask, numbered_dropout if training else None)
     for name, (loss_diff, grad_diff) in diffs.items():
         assert loss_diff < TOL and grad_diff < TOL, f"{name}: |Δloss| {loss_diff:.2e}, max |Δgrad| {grad_diff:.2e}"
+
+
+def _with_id_zero_words(text, mask):
+    """The text with id 0 (CLIP's "!") at one masked and one kept word of the first caption."""
+    words = ~text.tokens.special_mask[0]
+    masked, kept = (mask[0] & words).nonzero()[0, 0], (~mask[0] & words).nonzero()[0, 0]
+    ids = text.tokens.ids.clone()
+    ids[0, masked] = ids[0, kept] = 0
+    tokens = TokenizedText(ids, text.tokens.attention_mask, text.tokens.special_mask)  # ids no longer spell it
+    return EncodedText(words=text.words, sentence=text.sentence, tokens=tokens)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train-dropout"])
+def test_release_flavour_treats_id_zero_inside_a_caption_as_padding(text_encoder, numbered_dropout, training):
+    """The release's padding is ``ids == 0``: an id-0 word is zeroed, never predicted and left
+    out of Lras, whether masked or kept; the default flavour keeps the attention mask."""
+    oracle, guidance = _pair(text_encoder)
+    oracle.train(training)
+    guidance.train(training)
+    z_q, text, mask = _inputs(text_encoder)
+    text = _with_id_zero_words(text, mask)
+    diffs = _max_differences(oracle, guidance, z_q, text, mask, numbered_dropout if training else None)
+    for name, (loss_diff, grad_diff) in diffs.items():
+        assert loss_diff < TOL and grad_diff < TOL, f"{name}: |Δloss| {loss_diff:.2e}, max |Δgrad| {grad_diff:.2e}"
+    default = LanguageGuidance(CODE_DIM, GRID, text_encoder)
+    assert default.padding(text.tokens).sum() == (text.tokens.attention_mask == 0).sum()
+    assert guidance.padding(text.tokens).sum() == default.padding(text.tokens).sum() + 2
 
 
 def test_the_default_flavour_differs_from_the_release(text_encoder):

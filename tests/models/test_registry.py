@@ -3,10 +3,11 @@
 import pytest
 import torch
 
+from lgvq.compat import LFQ, IndexPropagationQuantize
 from lgvq.models import AttnBlock, VQModel, build_loss, build_model, get_spec, model_names
-from lgvq.quantize import ClusteredVectorQuantizer
+from lgvq.quantize import ClusteredVectorQuantizer, ResidualQuantizer
 
-NAMES = ["cvq-f16-paper", "cvq-tiny", "vqgan-f16-paper", "vqgan-tiny", "vqvae-tiny"]
+NAMES = ["cvq-f16-paper", "cvq-tiny", "ibq-tiny", "lfq-tiny", "rqvae-tiny", "vqgan-f16-paper", "vqgan-tiny", "vqvae-tiny"]
 
 
 def test_names():
@@ -33,6 +34,35 @@ def test_tiny_entries():
         assert cvq.eval()(x).indices.shape == (1, 8, 8)
 
 
+def test_softmax_entries():
+    ibq, lfq = build_model("ibq-tiny"), build_model("lfq-tiny")
+    assert isinstance(ibq.quantize, IndexPropagationQuantize) and ibq.quantize.use_entropy_loss
+    assert ibq.quantize.entropy_loss_weight == 0.05 and ibq.quantize.n_e == 1024
+    assert isinstance(lfq.quantize, LFQ) and lfq.quantize.codebook_size == 2**lfq.config.embed_dim == 1024
+    assert lfq.quantize.entropy_loss_weight == 0.1 and lfq.quantize.commit_weight == 0.25
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        for model in (ibq, lfq):
+            indices = model.eval()(x).indices
+            assert indices.shape == (1, 8, 8) and model.decode_indices(indices).shape == x.shape
+    with pytest.raises(ValueError, match="quantizer='ibq' takes none of kmeans_init"):
+        build_model("ibq-tiny", kmeans_init=True)
+    with pytest.raises(ValueError, match="dim must equal num_codebooks"):
+        build_model("lfq-tiny", n_embed=512)
+
+
+def test_residual_entry():
+    """rqvae-tiny: 4 EMA stages of K=256 in d=64; factorised cos codes by override; no k-means."""
+    rq = build_model("rqvae-tiny", dead_code_threshold=0.03)
+    assert isinstance(rq.quantize, ResidualQuantizer)
+    assert (rq.quantize.num_stages, rq.quantize.n_e, rq.quantize.codebook_dim) == (4, 256, 64)
+    assert rq.quantize.stages[3].dead_code_threshold == 0.03
+    factorised = build_model("rqvae-tiny", codebook_dim=8, metric="cos").quantize
+    assert factorised.stages[0].embedding.weight.shape == (256, 8) and factorised.metric == "cos"
+    with pytest.raises(ValueError, match="kmeans_init is not supported by quantizer='rvq'"):
+        build_model("rqvae-tiny", kmeans_init=True)
+
+
 def test_paper_entries():
     with torch.device("meta"):  # 72M parameters: check the settings, skip the memory
         vqgan, cvq = build_model("vqgan-f16-paper"), build_model("cvq-f16-paper")
@@ -57,7 +87,7 @@ def test_overrides_and_configs():
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="unknown model 'vqgan'; valid names: cvq-f16-paper, cvq-tiny, vqgan-f16"):
+    with pytest.raises(ValueError, match="unknown model 'vqgan'; valid names: cvq-f16-paper, cvq-tiny, ibq-tiny"):
         build_model("vqgan")
     with pytest.raises(TypeError, match="unknown VQModelConfig fields"):
         build_model("vqgan-tiny", codebook_size=8)

@@ -226,7 +226,7 @@ def test_bad_options_are_rejected():
 
 def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(backend_mod, "INTERPRET", False)
-    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
         nearest_code(torch.randn(4, 3), torch.randn(5, 3), backend="triton")
 
 

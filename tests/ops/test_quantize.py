@@ -219,3 +219,37 @@ def test_gpu_repeated_runs_agree():
         assert torch.equal(a, b)
     # the codebook gradient is a sum of atomic adds: equal up to fp32 reassociation
     assert torch.allclose(first[4], second[4], atol=1e-6, rtol=1e-5)
+
+
+
+def _on_threads(threads, fn):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _codebook_gradient():
+    """vector_quantize's torch-path codebook gradient (N·d = 65,536)."""
+    gen = torch.Generator().manual_seed(0)
+    z, codebook = torch.randn(4096, 16, generator=gen), torch.randn(64, 16, generator=gen)
+    upstream = torch.randn(4096, 16, generator=gen)
+    return run_with_grads(lambda z, c: vector_quantize(z, c, backend="torch"), z, codebook, upstream)[-1]
+
+
+def _code_sums():
+    """code_counts_and_sums' torch-path sums (the EMA update's and k-means')."""
+    gen = torch.Generator().manual_seed(0)
+    x, idx = torch.randn(4096, 16, generator=gen), torch.randint(0, 64, (4096,), generator=gen)
+    return code_counts_and_sums(x, idx, 64, backend="torch")[1]
+
+
+@pytest.mark.parametrize("compute", [_codebook_gradient, _code_sums], ids=["codebook gradient", "code sums"])
+def test_cpu_segment_sums_are_the_same_on_one_and_two_threads(compute):
+    """Sums of rows per code with N·d = 65,536 ≥ 32,768: where ``codebook[idx]``'s backward
+    (index_put_ with accumulate) added with parallel atomics, so the sum's order, and its last
+    bits, depended on the threads and changed from run to run. Equal to the 1-thread sum on 2
+    threads means equal on every 2-thread run too."""
+    assert torch.equal(_on_threads(1, compute), _on_threads(2, compute))

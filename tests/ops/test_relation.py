@@ -273,7 +273,7 @@ def test_triton_rejects_too_many_words():
 def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
     monkeypatch.setattr(backend_module, "INTERPRET", False)
     words, mask, tokens, codes = make_inputs(1, 3, 4, 16)
-    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
         relation_alignment_loss(words, mask, tokens, codes, backend="triton")
 
 

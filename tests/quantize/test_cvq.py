@@ -102,6 +102,14 @@ def test_random_anchors_are_batch_rows():
         assert torch.isclose(batch, row, atol=1e-3).all(dim=1).any()
 
 
+def test_a_non_finite_anchor_moves_no_code():
+    q = ClusteredVectorQuantizer(4, 2, anchor="random").train()
+    q.embedding.weight.data.fill_(50.0)
+    batch = torch.tensor([[float("nan"), 0.0], [0.0, float("inf")], [float("-inf"), 1.0], [float("nan")] * 2])
+    q.quantize(batch)  # unused codes have weight ~1 on their anchor, here always non-finite
+    assert torch.equal(q.embedding.weight, torch.full((4, 2), 50.0))
+
+
 def test_module_probrandom_reproducible_with_seed():
     features = torch.randn(40, 4)
 

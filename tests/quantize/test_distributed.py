@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from lgvq.compat import LFQ, IndexPropagationQuantize
 from lgvq.quantize import ClusteredVectorQuantizer, VectorQuantizer
 
 WORLD = 2
@@ -111,7 +112,50 @@ def evaluate_on_rank_zero(rank: int) -> dict:
     return {"state": q.state_dict()}
 
 
-SCENARIOS = [ema_kmeans_restarts, cvq_steps, ema_on_shares, uneven_restart, evaluate_on_rank_zero]
+def softmax_quantizers(global_entropy: bool) -> dict:
+    """IBQ (with the entropy loss) and LFQ, built alike on every rank (seeded)."""
+    torch.manual_seed(0)
+    return {
+        "ibq": IndexPropagationQuantize(13, 4, use_entropy_loss=True, entropy_temperature=0.1,
+                                        global_entropy=global_entropy, backend="torch").double(),
+        "lfq": LFQ(dim=4, codebook_size=16, global_entropy=global_entropy, backend="torch").train(),
+    }
+
+
+def softmax_batch() -> torch.Tensor:
+    """(1, 4, WORLD·6): one global batch of 4-channel vectors; rank r holds columns 6r … 6r + 5."""
+    return torch.randn(1, 4, WORLD * 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+
+def softmax_step(quantizer, x: torch.Tensor) -> dict:
+    """A forward of the peer face and the backward of its mean-type losses: the entropy terms'
+    values and the gradients to x and, for IBQ, the codebook."""
+    x = x.detach().clone().requires_grad_(True)
+    if isinstance(quantizer, LFQ):
+        (_, aux, _), (sample, avg, commit, _) = quantizer(x, return_loss_breakdown=True)
+        total = aux + commit
+    else:
+        _, (quant, sample, avg, entropy), _ = quantizer(x)
+        total = quant + entropy
+    total.backward()
+    grads = {name: p.grad for name, p in quantizer.named_parameters()}
+    return {"sample": sample.detach(), "avg": avg.detach(), "dx": x.grad, **grads}
+
+
+def global_softmax_entropy(rank: int) -> dict:
+    share = softmax_batch().chunk(WORLD, dim=2)[rank]
+    return {name: softmax_step(q, share) for name, q in softmax_quantizers(global_entropy=True).items()}
+
+
+def per_device_softmax_entropy(rank: int) -> dict:
+    share = softmax_batch().chunk(WORLD, dim=2)[rank]
+    return {name: softmax_step(q, share) for name, q in softmax_quantizers(global_entropy=False).items()}
+
+
+SCENARIOS = [
+    ema_kmeans_restarts, cvq_steps, ema_on_shares, uneven_restart, evaluate_on_rank_zero, global_softmax_entropy,
+    per_device_softmax_entropy,
+]
 
 
 # ---- spawning --------------------------------------------------------------------------------
@@ -198,3 +242,30 @@ def test_evaluation_on_one_rank_enters_no_collective(ranks):
     states = [r["evaluate_on_rank_zero"]["state"] for r in ranks]
     assert_identical_states(states)
     assert int(states[0]["step"]) == 1
+
+
+@pytest.mark.parametrize("name", ["ibq", "lfq"])
+def test_global_entropy_gives_every_rank_the_global_batch_gradient(ranks, name):
+    """Under DDP (gradients averaged over ranks) each rank's update is the single-process one on
+    the global batch: the codebook gradient averaged over ranks, and each rank's input gradient
+    / WORLD (its losses are means over its share), equal the single process's."""
+    reference = softmax_step(softmax_quantizers(global_entropy=True)[name], softmax_batch())
+    results = [r["global_softmax_entropy"][name] for r in ranks]
+    for result in results:  # the entropies of the global batch, on every rank
+        torch.testing.assert_close(result["sample"], reference["sample"])
+        torch.testing.assert_close(result["avg"], reference["avg"])
+    shares = reference["dx"].chunk(WORLD, dim=2)
+    for result, share in zip(results, shares):
+        torch.testing.assert_close(result["dx"] / WORLD, share)
+    for key in set(reference) - {"sample", "avg", "dx"}:
+        torch.testing.assert_close(sum(r[key] for r in results) / WORLD, reference[key])
+
+
+def test_per_device_entropy_is_the_peers(ranks):
+    """Without global_entropy each rank's codebook entropy is that of its own share."""
+    for rank, result in enumerate(ranks):
+        share = softmax_batch().chunk(WORLD, dim=2)[rank]
+        for name, q in softmax_quantizers(global_entropy=False).items():
+            expected = softmax_step(q, share)
+            torch.testing.assert_close(result["per_device_softmax_entropy"][name]["avg"], expected["avg"])
+            torch.testing.assert_close(result["per_device_softmax_entropy"][name]["dx"], expected["dx"])

@@ -130,6 +130,21 @@ def test_dead_code_is_restarted_from_the_batch():
     assert torch.all(q.usage_ema[2:] == 1.0)  # restarted as an average code: 4 rows / 4 codes
 
 
+def test_restart_never_adopts_a_non_finite_row():
+    """Outside strict mode a NaN/Inf batch row is a candidate like any other; the code it was
+    drawn for stays dead instead of becoming NaN (and every later z_q with it)."""
+    q = VectorQuantizer(4, 2, dead_code_threshold=10.0, decay=0.5)  # every code is dead
+    far = torch.tensor([[100.0, 100.0], [-100.0, 100.0], [100.0, -100.0], [-100.0, -100.0]])
+    q.embedding.weight.data = far.clone()
+    batch = torch.tensor([[0.1, 0.0], [float("nan"), 0.0], [0.0, float("inf")], [1.0, 0.9]])
+    q.train().quantize(batch)  # 4 rows for 4 codes: every row is some code's candidate
+    weight = q.embedding.weight
+    restarted = (weight != far).any(dim=1)
+    assert torch.isfinite(weight).all()
+    assert int(restarted.sum()) == 2  # the two finite rows were adopted, the others were not
+    assert torch.all(q.usage_ema[~restarted] < 10.0) and torch.all(q.usage_ema[restarted] == 1.0)
+
+
 def test_restart_keeps_backward_consistent():
     """Restarts write the codebook in place after the forward; backward still sees the
     codebook the forward used (no autograd version error, gradient of the used codes)."""
@@ -184,7 +199,7 @@ def test_bad_calls(call, err, msg):
 @pytest.mark.parametrize(
     "kwargs,msg",
     [
-        (dict(n_e=0, e_dim=4), "n_e must be > 0"),
+        (dict(n_e=0, e_dim=4), "n_e must be an integer >= 1"),
         (dict(n_e=4, e_dim=4, metric="dot"), "metric"),
         (dict(n_e=4, e_dim=4, decay=1.5), "decay"),
         (dict(n_e=4, e_dim=4, beta=0.0, legacy=True), "beta must be > 0"),
