@@ -338,6 +338,17 @@ def bench_device(name: str | None, threads: int | None) -> torch.device:
     return device
 
 
+def run_options(args) -> dict:
+    """The per-shape options of a benchmark's command line (--repeats, --budget,
+    --compile-timeout, --providers, --quick)."""
+    return {
+        "repeats": args.repeats or (3 if args.quick else 5),
+        "budget_s": args.budget,
+        "compile_timeout": args.compile_timeout,
+        "providers": set(args.providers.split(",")) if args.providers else None,
+    }
+
+
 def shape_bench_main(name: str, description: str, run_shape, shape_sets: dict, provider_names: str,
                      argv: list[str] | None = None) -> list[str]:
     """The command line shared by the (N, K, d)-shaped benchmarks (bench.nearest, bench.quantize).
@@ -376,12 +387,7 @@ def shape_bench_main(name: str, description: str, run_shape, shape_sets: dict, p
         dtypes = [dtypes_by_name[args.dtype]]
     else:
         dtypes = [torch.float32] if device.type == "cpu" else [torch.float32, torch.bfloat16]
-    options = {
-        "repeats": args.repeats or (3 if args.quick else 5),
-        "budget_s": args.budget,
-        "compile_timeout": args.compile_timeout,
-        "providers": set(args.providers.split(",")) if args.providers else None,
-    }
+    options = run_options(args)
     tables = []
     for i, (n, k, d) in enumerate(shapes):
         for dtype in dtypes:

@@ -80,7 +80,10 @@ CI_ROWS = {"fp32-tf32x3": (300,), "bf16": (64,)}
 SOFTMAX_DIMS = {"fp32-tf32x3": (18, 64), "fp32-tf32": (18, 64), "fp16": (64, 256), "bf16": (18, 64, 256)}
 CI_SOFTMAX = {"fp32-tf32x3": (18, 64), "bf16": (64, 256)}
 CHECK_OFFSETS = ("_nearest_kernel", "_gather_sqerr_kernel", "_quantize_backward_kernel",
-                 "_counts_sums_kernel", "_segment_sum_sorted_kernel")
+                 "_counts_sums_kernel", "_segment_sum_sorted_kernel", "_residual_kernel")
+#: The fused residual kernel holds rows of up to 128 elements: factorised audio codes (d = 8)
+#: to an audio codec's d = 128 (wider rows search stage by stage with the nearest kernel).
+RESIDUAL_DIMS = (8, 64, 128)
 
 
 # --------------------------------------------------------------------------- recording launches
@@ -143,6 +146,9 @@ def capture_launches(arch: int):
         self.nargs = None
 
     def _nearest_model(tuner, config, kwargs):
+        if _jit_function(tuner.fn).__name__ == "_residual_kernel":  # the same model, x held whole
+            e = tuner.nargs["e_ptr"]
+            return nearest.shared_memory_bytes(config, kwargs["BLOCK_D"], True, e.element_size(), kwargs["PRECISION"])
         if _jit_function(tuner.fn).__name__ != "_nearest_kernel":
             return None
         x = tuner.nargs["x_ptr"]
@@ -222,6 +228,19 @@ def _softmax_launches(mode: str, d: int, label: dict):
             softmax_backward(z, codes, b, 1.0, lse, soft=z, grad_soft=z, code_grad=True)
 
 
+def _residual_launches(mode: str, d: int, label: dict):
+    from lgvq.kernels.residual import residual_search
+
+    dtype = MODES[mode][0]
+    shapes = ((16384, 8, 1024), (16384, 32, 1024), (65536, 4, 16384)) if label["subset"] == "full" else ((16384, 8, 1024),)
+    for n, stages, k in shapes:  # audio codecs (L = 8, 32), an image tokenizer
+        x = torch.empty(n, d, device="meta", dtype=dtype)
+        codes = torch.empty(stages, k, d, device="meta", dtype=dtype)
+        for cos in (False, True):
+            label["shape"] = f"N={n} L={stages} K={k}" + (" cos" if cos else "")
+            residual_search(x, codes, torch.empty(stages, k, device="meta"), cos)
+
+
 @contextlib.contextmanager
 def _deterministic(on: bool):
     before = torch.are_deterministic_algorithms_enabled()
@@ -237,14 +256,15 @@ def plan(arch: int, subset: str) -> list[Launch]:
     if subset == "ci":
         cases = [("nearest", m, d) for m, dims in CI_NEAREST.items() for d in dims]
         cases += [("rows", m, d) for m, dims in CI_ROWS.items() for d in dims]
-        cases += [("relation", "fp32-tf32x3", 768)]
+        cases += [("relation", "fp32-tf32x3", 768), ("residual", "fp32-tf32x3", 128), ("residual", "bf16", 8)]
         cases += [("softmax", m, d) for m, dims in CI_SOFTMAX.items() for d in dims]
     else:
         cases = [(fam, m, d) for fam in ("nearest", "rows") for m in MODES for d in DIMS]
         cases += [("relation", m, d) for m in MODES for d in (300, 768)]
+        cases += [("residual", m, d) for m in MODES for d in RESIDUAL_DIMS]
         cases += [("softmax", m, d) for m, dims in SOFTMAX_DIMS.items() for d in dims]
     makers = {"nearest": _nearest_launches, "rows": _row_launches, "relation": _relation_launches,
-              "softmax": _softmax_launches}
+              "residual": _residual_launches, "softmax": _softmax_launches}
     unique: dict[str, Launch] = {}
     with capture_launches(arch) as (launches, label):
         for family, mode, d in cases:
@@ -331,9 +351,9 @@ def i32_tensor_multiplies(ttir: str) -> int:
 
 
 def _kernel_function(name: str) -> JITFunction:
-    from lgvq.kernels import nearest, quantize, relation, softmax
+    from lgvq.kernels import nearest, quantize, relation, residual, softmax
 
-    for module in (nearest, quantize, relation, softmax):
+    for module in (nearest, quantize, relation, residual, softmax):
         if hasattr(module, name):
             return _jit_function(getattr(module, name))
     raise KeyError(name)

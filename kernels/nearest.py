@@ -221,6 +221,69 @@ def n_bucket(n: int) -> int:
 
 if HAS_TRITON:
 
+    @triton.jit
+    def start_code_tile(codes, code_ok, enorm_ptr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        BIASED: tl.constexpr):
+        """The accumulator a tile's dots add onto: zeros (plain), or -|e|²/2 per code (BIASED,
+        so the dot itself yields x·e - |e|²/2 = -score/2; codes past the range start at -inf)."""
+        if BIASED:
+            enorm = tl.load(enorm_ptr + codes, mask=code_ok, other=float("inf"))
+            acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32) - 0.5 * enorm[None, :]
+        else:
+            acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+        return acc
+
+    @triton.jit
+    def fold_code_tile(acc, codes, code_ok, enorm_ptr, k0, best, best_idx, BIASED: tl.constexpr):
+        """Fold one tile into the running best per row: plain, the (min, argmin) of
+        ``|e|^2 - 2 x·e`` (codes outside ``code_ok`` score +inf); BIASED, the (max, argmax) of
+        the accumulator, which already holds -score/2. Ties keep the earlier tile."""
+        if BIASED:
+            tile_best, tile_arg = tl.max(acc, axis=1, return_indices=True)
+            better = tile_best > best  # strict: an earlier tile wins ties
+        else:
+            enorm = tl.load(enorm_ptr + codes, mask=code_ok, other=0.0)
+            score = tl.where(code_ok[None, :], enorm[None, :] - 2.0 * acc, float("inf"))
+            tile_best, tile_arg = tl.min(score, axis=1, return_indices=True)
+            better = tile_best < best  # strict: an earlier tile wins ties
+        return tl.where(better, tile_best, best), tl.where(better, tile_arg + k0, best_idx)
+
+    @triton.jit
+    def initial_best(BLOCK_N: tl.constexpr, BIASED: tl.constexpr):
+        """The running best before any code: +inf for a minimum, -inf for BIASED's maximum."""
+        if BIASED:
+            best = tl.full([BLOCK_N], float("-inf"), tl.float32)
+        else:
+            best = tl.full([BLOCK_N], float("inf"), tl.float32)
+        return best, tl.zeros([BLOCK_N], tl.int32)
+
+    @triton.jit
+    def code_tile(k0, k_end, e_ptr, stride_e, BLOCK_K: tl.constexpr):
+        """The codes [k0, k0 + BLOCK_K) of a tile, which of them lie before ``k_end``, and their
+        row pointers (64-bit offsets: codes * stride passes 2^31 once K·d does)."""
+        codes = k0 + tl.arange(0, BLOCK_K)
+        return codes, codes < k_end, e_ptr + codes.to(tl.int64)[:, None] * stride_e
+
+    @triton.jit
+    def search_resident_rows(
+        x_tile, e_ptr, enorm_ptr, k_begin, k_end, D, stride_e,
+        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+        BIASED: tl.constexpr,
+    ):
+        """(best, index) over codes [k_begin, k_end) for a row tile held whole on chip
+        (BLOCK_N, BLOCK_D), streaming the codes in BLOCK_K tiles (the software-pipelined loop).
+        best is the min score (plain) or max of -score/2 (BIASED). Shared by the nearest kernel
+        and the fused residual kernel."""
+        dims = tl.arange(0, BLOCK_D)
+        best, best_idx = initial_best(BLOCK_N, BIASED)
+        for k0 in range(k_begin, k_end, BLOCK_K):
+            codes, code_ok, e_rows = code_tile(k0, k_end, e_ptr, stride_e, BLOCK_K)
+            e_tile = tl.load(e_rows + dims[None, :], mask=code_ok[:, None] & (dims[None, :] < D), other=0.0)
+            acc = start_code_tile(codes, code_ok, enorm_ptr, BLOCK_N, BLOCK_K, BIASED)
+            acc = tl.dot(x_tile, tl.trans(e_tile), acc, input_precision=PRECISION)
+            best, best_idx = fold_code_tile(acc, codes, code_ok, enorm_ptr, k0, best, best_idx, BIASED)
+        return best, best_idx
+
     @triton.autotune(
         configs=_configs(),
         key=["K", "D", "N_BUCKET", "PRECISION"],
@@ -247,42 +310,25 @@ if HAS_TRITON:
         k_begin = split * codes_per_split
         k_end = tl.minimum(k_begin + codes_per_split, K)
 
-        if SINGLE_D:  # the whole row fits one tile: load x once, reuse it for every code tile
-            x_tile = tl.load(x_rows + dims[None, :], mask=row_ok[:, None] & (dims[None, :] < D), other=0.0)
-
         # BIASED keeps the running maximum of x·e - |e|²/2 (= -score/2), plain the running
         # minimum of score; the sign flips back at the store.
-        best = tl.full([BLOCK_N], float("-inf") if BIASED else float("inf"), tl.float32)
-        best_idx = tl.zeros([BLOCK_N], tl.int32)
-        for k0 in range(k_begin, k_end, BLOCK_K):
-            codes = k0 + tl.arange(0, BLOCK_K)
-            code_ok = codes < k_end
-            e_rows = e_ptr + codes.to(tl.int64)[:, None] * stride_e
-            if BIASED:  # the dot accumulates onto -|e|²/2; codes past the range start at -inf
-                enorm = tl.load(enorm_ptr + codes, mask=code_ok, other=float("inf"))
-                acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32) - 0.5 * enorm[None, :]
-            else:
-                acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-            if SINGLE_D:
-                e_tile = tl.load(e_rows + dims[None, :], mask=code_ok[:, None] & (dims[None, :] < D), other=0.0)
-                acc = tl.dot(x_tile, tl.trans(e_tile), acc, input_precision=PRECISION)
-            else:
+        if SINGLE_D:  # the whole row fits one tile: load x once, reuse it for every code tile
+            x_tile = tl.load(x_rows + dims[None, :], mask=row_ok[:, None] & (dims[None, :] < D), other=0.0)
+            best, best_idx = search_resident_rows(
+                x_tile, e_ptr, enorm_ptr, k_begin, k_end, D, stride_e, BLOCK_N, BLOCK_K, BLOCK_D, PRECISION,
+                BIASED,
+            )
+        else:
+            best, best_idx = initial_best(BLOCK_N, BIASED)
+            for k0 in range(k_begin, k_end, BLOCK_K):
+                codes, code_ok, e_rows = code_tile(k0, k_end, e_ptr, stride_e, BLOCK_K)
+                acc = start_code_tile(codes, code_ok, enorm_ptr, BLOCK_N, BLOCK_K, BIASED)
                 for d0 in range(0, D, BLOCK_D):
                     d_ok = (d0 + dims) < D
                     x_part = tl.load(x_rows + (d0 + dims)[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
                     e_part = tl.load(e_rows + (d0 + dims)[None, :], mask=code_ok[:, None] & d_ok[None, :], other=0.0)
                     acc = tl.dot(x_part, tl.trans(e_part), acc, input_precision=PRECISION)
-            if BIASED:
-                tile_best, tile_arg = tl.max(acc, axis=1, return_indices=True)
-                better = tile_best > best  # strict: an earlier tile wins ties
-            else:
-                enorm = tl.load(enorm_ptr + codes, mask=code_ok, other=0.0)
-                score = enorm[None, :] - 2.0 * acc
-                score = tl.where(code_ok[None, :], score, float("inf"))
-                tile_best, tile_arg = tl.min(score, axis=1, return_indices=True)
-                better = tile_best < best  # strict: an earlier tile wins ties
-            best = tl.where(better, tile_best, best)
-            best_idx = tl.where(better, tile_arg + k0, best_idx)
+                best, best_idx = fold_code_tile(acc, codes, code_ok, enorm_ptr, k0, best, best_idx, BIASED)
 
         if BIASED:
             best = -2.0 * best

@@ -10,8 +10,9 @@
     lgvq convert-release LAST.ckpt RUN_DIR --text-encoder CLIP_DIR   # an LG-VQ release checkpoint → a run
 
 Every failure the user can fix (missing or corrupt file, bad key or value, a run folder in
-use, a missing extra) ends with one line on stderr and exit status 2, not a traceback; so do metrics that
-come out NaN. Anything else (a bug) keeps its traceback. Nothing heavy is imported before
+use, a missing extra, a full disk) ends with one line on stderr and exit status 2, not a traceback; so do
+metrics that come out NaN, in evaluation or in training. Ctrl-C ends with one line saying where the
+run can resume from, and exit status 130. Anything else (a bug) keeps its traceback. Nothing heavy is imported before
 the arguments are parsed, so ``--help`` and argument errors are instant: each command
 imports what it needs. A new command is a ``_parser`` entry plus a function in COMMANDS.
 """
@@ -29,9 +30,30 @@ from pathlib import Path
 from lgvq.extras import MissingExtraError
 
 
+DEVICES = ("auto", "cpu", "cuda")  # as train.device
+
+
+class Interrupted(Exception):
+    """Ctrl-C, with where the work can resume from."""
+
+
+def _int_at_least(low: int):
+    """An argparse type: an int >= ``low`` (argparse names the argument in its error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"must be an int >= {low}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="a training run folder (train.out_dir): config.json + checkpoints/")
-    p.add_argument("--device", default=None, help="cpu | cuda (default: the run's setting)")
+    p.add_argument("--device", default=None, choices=DEVICES, help="auto | cpu | cuda (default: the run's setting)")
 
 
 def _add_data_args(p: argparse.ArgumentParser, what: str) -> None:
@@ -48,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train plain VQ and LG-VQ on the embedded data and write a report")
     p.add_argument("--out", default="reports/demo", help="report folder (default: reports/demo)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per model (default: the demo's budget)")
+    p.add_argument("--steps", type=_int_at_least(1), default=None,
+                   help="training steps per model (default: the demo's budget)")
     p.add_argument("--seeds", "--seed", dest="seeds", type=int, nargs="+", default=[0], metavar="SEED",
                    help="one seed, or several for mean ± sd and paired differences (default: 0); "
                         "seed folders already complete with the same settings are reused")
@@ -73,8 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="PSNR, SSIM, codebook usage, perplexity, alignment metrics (and FID)")
     _add_run_args(p)
     _add_data_args(p, "to evaluate on")
-    p.add_argument("--size", type=int, default=None, help="number of evaluation images (shapes data)")
-    p.add_argument("--probe-steps", type=int, default=0,
+    p.add_argument("--size", type=_int_at_least(1), default=None, help="number of evaluation images (shapes data)")
+    p.add_argument("--probe-steps", type=_int_at_least(0), default=0,
                    help="train a fresh alignment probe for N steps on the frozen codes (for models without guidance)")
     p.add_argument("--fid-weights", default=None, help="local Inception weights (torch-fidelity pt_inception) for FID")
     p.add_argument("--json", dest="json_out", default=None, help="also write the metrics to this JSON file")
@@ -99,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
                                 "semantic-synthesis | reconstruction")
     _add_run_args(p)
     _add_data_args(p, "the task is evaluated on (its networks train on the run's data.split)")
-    p.add_argument("--steps", type=int, default=None, help="training steps of the task model")
+    p.add_argument("--steps", type=_int_at_least(1), default=None, help="training steps of the task model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fid-weights", default=None,
                    help="local Inception weights (torch-fidelity pt_inception) for FID of generated images")
@@ -198,8 +221,22 @@ def cmd_train(args) -> None:
     from lgvq.experiment.train import train
 
     config = load_config(args.config, args.overrides)
-    train(config, resume=args.resume, existing=args.existing)
+    try:
+        train(config, resume=args.resume, existing=args.existing)
+    except KeyboardInterrupt:
+        raise Interrupted(_resume_point(Path(config.train.out_dir))) from None
     print(f"run folder: {config.train.out_dir}")
+
+
+def _resume_point(out_dir: Path) -> str:
+    """Where an interrupted run can continue: its newest complete checkpoint (checkpoints are
+    written atomically, so an interrupted write leaves the previous one whole)."""
+    from lgvq.experiment.checkpoint import checkpoint_step, is_complete, step_folders
+
+    complete = [p for p in step_folders(out_dir / "checkpoints") if is_complete(p)]
+    if not complete:
+        return f"{out_dir} has no checkpoint yet: start again (the retry clears what this start left)"
+    return (f"resume from step {checkpoint_step(complete[-1])} ({complete[-1]}) with the same command and --resume")
 
 
 def cmd_eval(args) -> None:
@@ -225,8 +262,13 @@ def cmd_encode(args) -> None:
     with torch.no_grad():
         _, indices = run.model.encode(images)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"indices": indices.cpu(), "files": args.images}, out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "wb") as f:
+            torch.save({"indices": indices.cpu(), "files": args.images}, f)
+    except OSError as error:
+        raise OSError(f"--out {out}: cannot write there ({error.strerror or error}): must be a file path in a "
+                      "writable folder") from None
     print(f"codes {tuple(indices.shape)} → {out}")
 
 
@@ -349,6 +391,10 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, MissingExtraError) as err:  # what users cause and can fix; every message names the cause
         print(f"lgvq {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Interrupted) as stop:
+        where = f": {stop}" if isinstance(stop, Interrupted) else ""
+        print(f"lgvq {args.command}: interrupted{where}", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports a Ctrl-C
     return 0
 
 

@@ -133,3 +133,27 @@ def test_gpu_guided_vq_step_compiles_with_inductor(tiny_text_encoder, face):
     model = GuidedVQ(encoder, "triton", face).cuda().train()
     images = torch.rand(2, 3, 8, 8, device="cuda")
     _assert_compiled_matches_eager(model, images, encoder(CAPTIONS))
+
+
+@pytest.mark.slow
+def test_residual_quantizer_step_compiles_without_graph_break():
+    """ResidualQuantizer's training step (fused op, per-stage EMA and restarts) in one graph, with
+    the eager step's values and buffers."""
+    from lgvq.quantize import ResidualQuantizer
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    eager = ResidualQuantizer(32, 8, 3, dead_code_threshold=0.5).train()
+    compiled = copy.deepcopy(eager)
+    z = torch.randn(2, 4, 4, 8)
+
+    def step(quantizer, run):
+        torch.manual_seed(1)  # the same restart draws
+        out = run(z)
+        return out.z_q, out.loss
+
+    want = step(eager, eager.quantize)
+    got = step(compiled, torch.compile(compiled.quantize, fullgraph=True, backend="aot_eager"))
+    torch.testing.assert_close(got, want)
+    for name, buffer in eager.named_buffers():
+        torch.testing.assert_close(compiled.get_buffer(name), buffer, msg=name)

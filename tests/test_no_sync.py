@@ -35,7 +35,7 @@ from lgvq.ops import (
     relation_alignment_loss,
     vector_quantize,
 )
-from lgvq.quantize import ClusteredVectorQuantizer, VectorQuantizer
+from lgvq.quantize import ClusteredVectorQuantizer, ResidualQuantizer, VectorQuantizer
 from lgvq.text import load_text_encoder
 
 #: Tensor methods that read values back to the host (``float(t)``, ``int(t)``, ``if t:``,
@@ -203,6 +203,20 @@ def test_quantizer_training_steps_make_no_sync(name):
     q = QUANTIZERS[name]().train()
     _quantizer_steps(q)()  # the first step may sync: k-means initialisation, a one-off
     assert count_syncs(_quantizer_steps(q)) == []
+
+
+@pytest.mark.parametrize("metric, codebook_dim", [("l2", None), ("cos", 4)])
+def test_residual_quantizer_training_steps_make_no_sync(metric, codebook_dim):
+    rq = ResidualQuantizer(32, 8, 3, codebook_dim=codebook_dim, metric=metric, dead_code_threshold=0.5,
+                           track_usage=True).train()
+    z = torch.randn(2, 4, 4, 8, requires_grad=True)
+
+    def run():
+        out = rq.quantize(z)
+        (out.z_q.square().mean() + out.loss).backward()
+
+    run()
+    assert count_syncs(run) == []
 
 
 # ---- language guidance and a whole guided training step ----------------------------------------

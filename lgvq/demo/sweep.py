@@ -25,7 +25,7 @@ def run_demo(out: Path, steps: int | None = None, seeds: tuple[int, ...] | list[
     this process).
     """
     seeds = check_seeds(seeds)
-    settings = demo_settings(steps or DEFAULT_STEPS, probe_steps, eval_size, task_budget, tasks)
+    settings = demo_settings(DEFAULT_STEPS if steps is None else steps, probe_steps, eval_size, task_budget, tasks)
     if len(seeds) == 1:
         return run_seed(out, settings, seeds[0], task_budget, progress, parallel)
     start = time.perf_counter()

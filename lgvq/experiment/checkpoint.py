@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 LATEST = "latest"
 WEIGHTS = "model.safetensors"
@@ -62,12 +63,32 @@ def set_rng_state(state: dict) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """``path`` replaced by ``text`` in one step: written to a temporary beside it, then renamed."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    os.close(fd)
+    try:
+        _write(Path(tmp), path, lambda f: f.write(text.encode()))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write(path: Path, shown: Path, write) -> None:
+    """``write(file)`` into ``path``, flushed to disk; a failed write (a full disk) is an OSError
+    naming ``shown``, where the file goes once complete.
+
+    Both serializers write through this Python file object, so a full disk surfaces as the OS's
+    own error: given a path, torch's zip writer reports it as "enforce fail ... unexpected pos".
+    The weights are serialized in memory first (one copy of the weights, not of the optimizer
+    states, which torch.save streams)."""
+    try:
+        with open(path, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as error:
+        raise OSError(error.errno, f"{error.strerror or error} while writing", str(shown)) from None
 
 
 def checkpoint_step(path: str | Path) -> int | None:
@@ -120,14 +141,14 @@ def save_checkpoint(
     final = directory / f"step_{step:08d}"
     tmp = Path(tempfile.mkdtemp(dir=directory, prefix=TMP_PREFIX + "ckpt-"))
     try:
-        save_file(_module_tensors(modules), str(tmp / WEIGHTS))
+        _write(tmp / WEIGHTS, final / WEIGHTS, lambda f: f.write(safetensors_bytes(_module_tensors(modules))))
         state = {
             "step": step,
             "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
             "rng": rng_state(),
             "extra": extra or {},
         }
-        torch.save(state, tmp / STATE)
+        _write(tmp / STATE, final / STATE, lambda f: torch.save(state, f))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -66,7 +66,8 @@ class GuidanceConfig:
     flavour: str = choice("lgvq", ("lgvq", "release"))  # LanguageGuidance's flavour
     layers: int = bounded(2, low=1)  # depth of the visual-token ViT and the Lmtp decoder
     heads: int = bounded(1, low=1)  # their attention heads
-    cache_captions: bool = True
+    cache_captions: bool = True  # keep the unmasked captions' features in memory (exact: lgvq.text.cache)
+    cache_dir: str | None = None  # a folder for a memory-mapped table of every caption's features (lgvq.text.table)
 
 
 @dataclass
@@ -194,8 +195,21 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {key}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = _parse_yaml(raw, f"--set {item}")
     return values
+
+
+def _parse_yaml(text, source: str):
+    """``text`` (a string or an open file) parsed as YAML; a syntax error is a ConfigError naming
+    ``source`` and the line (a tab in the indentation is the usual one)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        hint = "; indent with spaces: YAML does not allow tabs" if "\\t" in problem else ""
+        raise ConfigError(f"{source}{where}: not valid YAML ({problem}){hint}") from None
 
 
 def _merge(base: dict, top: dict) -> dict:
@@ -213,7 +227,7 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     with open(path) as f:
-        values = yaml.safe_load(f) or {}
+        values = _parse_yaml(f, str(path)) or {}
     if not isinstance(values, dict):
         raise ConfigError(f"{path} must hold a mapping of config sections")
     base = values.pop("base", None)

@@ -32,13 +32,23 @@ def check_data_config(data: DataConfig) -> None:
         check_split("data.eval_split", data.name, data.eval_split)
 
 
+#: VQModelConfig fields that count something, so must be >= 1; checked here, under the names
+#: the user wrote in model.overrides, rather than later by the layers under their own names.
+MODEL_COUNTS = ("image_size", "in_channels", "ch", "z_channels", "embed_dim", "n_embed")
+
+
 def model_config(config: ExperimentConfig) -> VQModelConfig:
     """The VQModelConfig that ``model.name`` and ``model.overrides`` describe (ConfigError if none)."""
     spec = get_spec(config.model.name)
     try:
-        return spec.model.replace(**config.model.overrides)
+        model = spec.model.replace(**config.model.overrides)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"model.overrides={config.model.overrides!r} is not allowed: {error}") from error
+    for name in MODEL_COUNTS:
+        value = getattr(model, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"model.overrides: {name}={value!r} is not allowed: must be an int >= 1")
+    return model
 
 
 def check_training_config(config: ExperimentConfig) -> None:

@@ -193,12 +193,20 @@ def _load_exactly(module: torch.nn.Module, tensors: dict[str, torch.Tensor], wha
     module.load_state_dict({**own, **tensors})
 
 
-def read_release_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], int, dict]:
-    """(state_dict, global_step, hyper_parameters or {}) of a Lightning checkpoint of the release's VQModel."""
+def check_release_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"release checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return path
+
+
+def read_release_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], int, dict]:
+    """(state_dict, global_step, hyper_parameters or {}) of a Lightning checkpoint of the release's VQModel."""
+    path = check_release_file(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 - a file that is no pickle fails in many ways inside the unpickler
+        raise ValueError(f"{path} is not a Lightning checkpoint: it does not load ({type(error).__name__})") from error
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict' mapping)")
     return ckpt["state_dict"], int(ckpt.get("global_step", 0)), dict(ckpt.get("hyper_parameters") or {})
@@ -222,6 +230,7 @@ def convert_release(checkpoint: str | Path, out_dir: str | Path, *, config: str 
     from lgvq.models.registry import get_spec
     from lgvq.experiment.run import build_run
 
+    check_release_file(checkpoint)  # the file first: it is what the user named first
     out_dir = Path(out_dir)
     if (out_dir / "config.json").exists():
         raise FileExistsError(f"{out_dir} already holds a run (config.json); choose an empty folder")

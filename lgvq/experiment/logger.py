@@ -31,7 +31,8 @@ def as_floats(metrics: dict) -> dict[str, float]:
 class RunLogger:
     """Appends to ``out_dir/metrics.jsonl``, which first keeps only the records up to
     ``start_step``: a fresh run (0) starts an empty log, and a resume drops what was logged
-    after its checkpoint, so no step appears twice (in TensorBoard too)."""
+    after its checkpoint, so no step appears twice (in TensorBoard too). A NaN or infinite
+    value is written as ``null`` (JSON has no NaN), so the record shows which values broke."""
 
     def __init__(self, out_dir: str | Path, tensorboard: bool = True, enabled: bool = True, start_step: int = 0):
         self.enabled = enabled  # False on non-zero ranks: only rank 0 writes
@@ -54,11 +55,12 @@ class RunLogger:
     def log(self, step: int, metrics: dict, prefix: str = "train") -> None:
         if not self.enabled:
             return
-        clean = {k: v for k, v in as_floats(metrics).items() if math.isfinite(v)}
+        values = as_floats(metrics)
+        record = {k: v if math.isfinite(v) else None for k, v in values.items()}
         with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, "split": prefix, **clean}) + "\n")
+            f.write(json.dumps({"step": step, "split": prefix, **record}) + "\n")
         if self.writer is not None:
-            for key, value in clean.items():
+            for key, value in values.items():  # TensorBoard plots NaN and Inf as such
                 self.writer.add_scalar(f"{prefix}/{key}", value, step)
 
     def _truncate_after(self, step: int) -> None:

@@ -4,12 +4,11 @@ saved config before anything is written."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from lgvq.experiment.checkpoint import checkpoint_step, latest_checkpoint, remove_stale_temporaries
 from lgvq.experiment.config import ExperimentConfig, config_from_dict, config_to_dict
-from lgvq.experiment.run_folder import RunFolderError, check_resume_config, clear_for_fresh_run
+from lgvq.experiment.run_folder import RunFolderError, check_resume_config, clear_for_fresh_run, saved_config
 
 
 def resume_checkpoint(ckpt_dir: Path) -> Path:
@@ -34,8 +33,7 @@ def open_run_folder(config: ExperimentConfig, resume: bool, existing: str) -> Pa
     checkpoint = resume_checkpoint(ckpt_dir)
     saved = out_dir / "config.json"
     if saved.is_file():
-        check_resume_config(config_to_dict(config_from_dict(json.loads(saved.read_text()))), config_to_dict(config),
-                            saved)
+        check_resume_config(config_to_dict(config_from_dict(saved_config(saved))), config_to_dict(config), saved)
     step = checkpoint_step(checkpoint)
     if config.train.steps < step:
         raise RunFolderError(

@@ -4,7 +4,6 @@ built fresh (``build_run``) or loaded back from a run folder (``load_run``: ``co
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ import torch
 
 from lgvq.experiment.checkpoint import latest_checkpoint, load_weights
 from lgvq.experiment.config import ExperimentConfig, config_from_dict
+from lgvq.experiment.run_folder import saved_config
 from lgvq.guidance import LanguageGuidance
 from lgvq.models.registry import build_loss, build_model
 
@@ -88,7 +88,7 @@ def run_config(run_dir: str | Path) -> ExperimentConfig:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a training run folder (no config.json); pass train.out_dir of a run")
-    return config_from_dict(json.loads(path.read_text()))
+    return config_from_dict(saved_config(path))
 
 
 def load_run(run_dir: str | Path, device: str | None = None) -> Run:

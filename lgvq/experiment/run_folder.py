@@ -5,7 +5,9 @@
   stale; a second writer is refused with the holder's PID.
 * ``clear_for_fresh_run``: a fresh run into a folder that already holds a run is refused
   unless told what to do with the old one: ``archive`` moves it to ``<run>/archive/<UTC time>/``
-  (itself a run folder that ``lgvq eval`` reads), ``overwrite`` deletes it.
+  (itself a run folder that ``lgvq eval`` reads), ``overwrite`` deletes it. What a start that
+  failed before its first checkpoint left (only files a run writes, no checkpoint) is no run:
+  nothing can resume or evaluate it, so the retry clears it without being told.
 * ``check_resume_config``: a resume may change only ``RESUME_MAY_CHANGE``; any other
   difference from the run's ``config.json`` is refused, listing the keys, before anything is
   written.
@@ -27,6 +29,9 @@ EXISTING_RUN = ("refuse", "archive", "overwrite")  # what a fresh run does with 
 #: Keys a resume may change: how long to train, how often to log, image and checkpoint, where
 #: and with how many loader workers. Anything else (model, data, optimizer, seed, guidance)
 #: changes what the saved weights and optimizer states mean, so it needs a new run.
+#: What a training run writes into its folder; a folder holding only these and no checkpoint
+#: was left by a start that failed before its first checkpoint.
+RUN_ENTRIES = ("config.json", "metrics.jsonl", "images", "tensorboard", "checkpoints")
 RESUME_MAY_CHANGE = (
     "train.steps", "train.log_every", "train.image_every", "train.ckpt_every", "train.tensorboard",
     "train.device", "train.out_dir", "data.num_workers", "data.eval_size", "data.eval_split",
@@ -88,6 +93,8 @@ def clear_for_fresh_run(folder: str | Path, existing: str = "refuse") -> Path | 
     contents = run_contents(folder)
     if not contents:
         return None
+    if failed_start(folder, contents):
+        existing = "overwrite"
     if existing == "refuse":
         shown = ", ".join(contents[:4]) + (", ..." if len(contents) > 4 else "")
         raise RunFolderError(
@@ -106,6 +113,23 @@ def clear_for_fresh_run(folder: str | Path, existing: str = "refuse") -> Path | 
     for name in contents:
         os.replace(folder / name, archive / name)
     return archive
+
+
+def failed_start(folder: Path, contents: list[str]) -> bool:
+    """Whether ``contents`` of ``folder`` are what a start left that failed before its first
+    checkpoint: only entries a run writes, and no ``checkpoints/step_*`` folder."""
+    return set(contents) <= set(RUN_ENTRIES) and not any((folder / "checkpoints").glob("step_*"))
+
+
+def saved_config(path: Path) -> dict:
+    """A run's ``config.json`` as a dict, or a ValueError naming the file when it is not JSON."""
+    try:
+        values = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunFolderError(f"{path} is not valid JSON ({error}): it is not a config lgvq wrote") from None
+    if not isinstance(values, dict):
+        raise RunFolderError(f"{path} must hold a JSON object of config sections")
+    return values
 
 
 def _new_archive(parent: Path) -> Path:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -32,7 +33,7 @@ import torch.distributed as dist
 from lgvq.data import load_dataset
 from lgvq.experiment.batches import batches_from
 from lgvq.experiment.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
-from lgvq.experiment.config import ExperimentConfig, config_to_dict
+from lgvq.experiment.config import ConfigError, ExperimentConfig, config_to_dict
 from lgvq.experiment.config_checks import check_training_config
 from lgvq.experiment.distributed import data_parallel, init_distributed
 from lgvq.experiment.logger import RunLogger, as_floats
@@ -42,6 +43,8 @@ from lgvq.experiment.run_folder import RunFolderLock
 from lgvq.experiment.splits import dataset_args
 from lgvq.experiment.visualize import save_image_grid
 from lgvq.extras import needs_extra
+from lgvq.text.cache import encode_ahead
+from lgvq.text.table import attach_caption_table, training_captions
 
 with needs_extra("train"):
     from tqdm import tqdm
@@ -99,6 +102,35 @@ def train_step(run: Run, optimizers, images: torch.Tensor, captions: list[str], 
     return {k.split("/", 1)[1]: v.detach() for k, v in logs.items()}
 
 
+def check_enough_data(items: int, config: ExperimentConfig, world: int) -> None:
+    """A ConfigError, before anything is written, when the dataset holds less than one global batch."""
+    if items >= config.data.batch_size * world:
+        return
+    where = f" in {config.data.root}" if config.data.root else ""
+    ranks = f" on each of {world} ranks" if world > 1 else ""
+    raise ConfigError(f"data.batch_size={config.data.batch_size} is not allowed: the {config.data.name} data{where} "
+                      f"holds {items} image(s), fewer than one batch{ranks}; lower data.batch_size")
+
+
+class TrainingDiverged(ValueError):
+    """A logged training scalar is NaN or infinite; the message names the step and the scalars."""
+
+
+def stop_if_diverged(step: int, values: dict[str, float], config: ExperimentConfig) -> None:
+    """Raise TrainingDiverged when a logged value is not finite.
+
+    Only logging steps read the scalars back (a device→host sync), so a divergence is caught
+    at the first logging step at or after it: within ``train.log_every`` steps.
+    """
+    bad = [f"{k}={v}" for k, v in values.items() if not math.isfinite(v)]
+    if bad:
+        raise TrainingDiverged(
+            f"training diverged by step {step} ({', '.join(bad)}; logged every {config.train.log_every} steps); "
+            f"no checkpoint was written after it: lower optim.base_lr (now {config.optim.base_lr}) or set "
+            "optim.grad_clip, and start again"
+        )
+
+
 @torch.no_grad()
 def save_reconstructions(run: Run, images: torch.Tensor, path: Path) -> None:
     was_training = run.model.training
@@ -142,6 +174,9 @@ def _train(config: ExperimentConfig, resume: bool, progress: bool, existing: str
     run.world = world
     seed_everything(config.train.seed + rank)  # ranks draw different dropout and masks
     dataset = load_dataset(**dataset_args(config, config.data.split, config.data.size))
+    check_enough_data(len(dataset), config, world)
+    if run.guidance is not None and config.guidance.cache_dir is not None:  # rank 0 builds, every rank reads
+        attach_caption_table(run.guidance.text_encoder, training_captions(dataset), config.guidance.cache_dir)
     optimizers = make_optimizers(run)
     step = 0
     if checkpoint is not None:
@@ -153,6 +188,8 @@ def _train(config: ExperimentConfig, resume: bool, progress: bool, existing: str
     preview = torch.stack([dataset[i]["image"] for i in range(min(8, len(dataset)))]).to(run.device)
     logger = RunLogger(out_dir, tensorboard=config.train.tensorboard, enabled=lead, start_step=step)
     batches = batches_from(dataset, config, step, rank, run.world)
+    if run.guidance is not None:
+        batches = encode_ahead(batches, run.guidance.text_encoder)  # first-epoch captions in whole chunks
     bar = tqdm(total=config.train.steps, initial=step, disable=not (progress and lead), desc=f"train {out_dir.name}",
                dynamic_ncols=True)
     try:
@@ -163,8 +200,9 @@ def _train(config: ExperimentConfig, resume: bool, progress: bool, existing: str
             bar.update(1)
             last = step == config.train.steps
             if lead and (step % config.train.log_every == 0 or last):
-                values = as_floats(logs)
+                values = as_floats(logs)  # the loop's only read of the step's scalars: checked here
                 logger.log(step, values)
+                stop_if_diverged(step, values, config)
                 bar.set_postfix(nll=f"{values['nll_loss']:.3f}", ppl=f"{values['perplexity']:.0f}")
             if lead and (step % config.train.image_every == 0 or last):
                 save_reconstructions(run, preview, out_dir / "images" / f"step_{step:08d}.png")

@@ -58,6 +58,11 @@ MODELS: dict[str, ModelSpec] = {
                       entropy_loss_weight=0.1),
         _VQVAE_LOSS,
     ),
+    "rqvae-tiny": ModelSpec(
+        "vqvae-tiny with RQ-VAE's residual codes: 4 stages of K=256 EMA codes (d=64) per 8x8 position",
+        _TINY.replace(attn_resolutions=(), mid_attention=False, quantizer="rvq", num_stages=4),
+        _VQVAE_LOSS,
+    ),
     "vqgan-f16-paper": ModelSpec(
         "LG-VQ paper VQ-GAN: 256x256 -> 16x16 codes, K=1024, d=256, taming architecture and loss",
         VQModelConfig(legacy=True),

@@ -2,8 +2,9 @@
 
 One skeleton for VQ-VAE (no attention, L1/L2 loss) and VQ-GAN (attention + the GAN/perceptual
 loss of ``lgvq.models.losses``); the quantizer is lgvq's ``VectorQuantizer`` (``"vq"``, ``"ema"``),
-``ClusteredVectorQuantizer`` (``"cvq"``), or Open-MAGVIT2's IBQ (``"ibq"``) or LFQ (``"lfq"``:
-2^embed_dim sign codes, so n_embed = 2^embed_dim) from ``lgvq.compat``. Submodule names are taming's (``encoder``,
+``ClusteredVectorQuantizer`` (``"cvq"``), ``ResidualQuantizer`` (``"rvq"``: indices (B, h, w, L)),
+or Open-MAGVIT2's IBQ (``"ibq"``) or LFQ (``"lfq"``: 2^embed_dim sign codes, so n_embed = 2^embed_dim)
+from ``lgvq.compat``. Submodule names are taming's (``encoder``,
 ``quant_conv``, ``quantize``, ``post_quant_conv``, ``decoder``), so the autoencoder part of a
 taming / LG-VQ checkpoint loads with ``load_state_dict``.
 """
@@ -19,9 +20,9 @@ from torch import nn
 from lgvq.checks import check_choice, check_tensor
 from lgvq.models.modules import Decoder, Encoder
 from lgvq.compat import LFQ, IndexPropagationQuantize
-from lgvq.quantize import ClusteredVectorQuantizer, VectorQuantizer
+from lgvq.quantize import ClusteredVectorQuantizer, ResidualQuantizer, VectorQuantizer
 
-QUANTIZERS = ("vq", "ema", "cvq", "ibq", "lfq")
+QUANTIZERS = ("vq", "ema", "cvq", "rvq", "ibq", "lfq")
 #: The codebook options of the nearest-code quantizers, which IBQ and LFQ do not have.
 _NEAREST_CODE_OPTIONS = ("kmeans_init", "dead_code_threshold")
 
@@ -42,7 +43,7 @@ class VQModelConfig:
     z_channels: int = 256
     embed_dim: int = 256  # code dimension d
     n_embed: int = 1024  # codebook size K
-    quantizer: str = "vq"  # "vq" | "ema" | "cvq" | "ibq" | "lfq"
+    quantizer: str = "vq"  # "vq" | "ema" | "cvq" | "rvq" | "ibq" | "lfq"
     beta: float = 0.25
     # lgvq's models use the fixed weighting (beta on the commitment term) unless an entry says
     # legacy=True (taming's VectorQuantizer2 default, and VectorQuantizer's: beta on the codebook term)
@@ -59,6 +60,8 @@ class VQModelConfig:
     # DDP, the entropy of the global batch instead of each rank's (lgvq.quantize.entropy).
     entropy_loss_weight: float = 0.05
     global_entropy: bool = False
+    num_stages: int = 4  # rvq: residual stages L
+    codebook_dim: int = 0  # rvq: factorised codes of this dimension (0: embed_dim, no projection)
     backend: str = "auto"
 
     def __post_init__(self):
@@ -72,6 +75,8 @@ class VQModelConfig:
                     f"quantizer={self.quantizer!r} takes none of kmeans_init, dead_code_threshold, metric; "
                     f"got {', '.join(given + (['metric'] if self.metric != 'l2' else []))}"
                 )
+        if self.quantizer == "rvq" and self.kmeans_init:
+            raise ValueError("kmeans_init is not supported by quantizer='rvq' (its stages start from dead-code restarts)")
 
     @property
     def downsample_factor(self) -> int:
@@ -91,7 +96,7 @@ class VQModelConfig:
         return dataclasses.replace(self, **overrides)
 
 
-def build_quantizer(config: VQModelConfig) -> VectorQuantizer | LFQ:
+def build_quantizer(config: VQModelConfig) -> VectorQuantizer | ResidualQuantizer | LFQ:
     softmax = dict(entropy_loss_weight=config.entropy_loss_weight, global_entropy=config.global_entropy,
                    track_usage=True, backend=config.backend)
     if config.quantizer == "ibq":
@@ -104,6 +109,12 @@ def build_quantizer(config: VQModelConfig) -> VectorQuantizer | LFQ:
         metric=config.metric, kmeans_init=config.kmeans_init, dead_code_threshold=config.dead_code_threshold,
         sane_index_shape=True, track_usage=True, backend=config.backend,
     )
+    if config.quantizer == "rvq":
+        return ResidualQuantizer(
+            config.n_embed, config.embed_dim, config.num_stages, config.beta, codebook_dim=config.codebook_dim or None,
+            metric=config.metric, decay=config.ema_decay, dead_code_threshold=config.dead_code_threshold,
+            track_usage=True, backend=config.backend,
+        )
     if config.quantizer == "cvq":
         return ClusteredVectorQuantizer(
             config.n_embed, config.embed_dim, config.beta, anchor=config.cvq_anchor, cvq_decay=config.cvq_decay,
@@ -119,7 +130,7 @@ def build_quantizer(config: VQModelConfig) -> VectorQuantizer | LFQ:
 class VQOutput:
     x_rec: torch.Tensor  # (B, in_channels, H, W)
     z_q: torch.Tensor  # (B, embed_dim, h, w), straight-through
-    indices: torch.Tensor  # int64 (B, h, w)
+    indices: torch.Tensor  # int64 (B, h, w); (B, h, w, L) for residual codes
     vq_loss: torch.Tensor  # fp32 scalar from the quantizer
     perplexity: torch.Tensor  # of this batch's code histogram
     usage: torch.Tensor  # fraction of codes used within the quantizer's usage window
@@ -169,8 +180,9 @@ class VQModel(nn.Module):
         return self.decoder(self.post_quant_conv(z_q))
 
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """Code indices (B, h, w) → images."""
-        check_tensor("indices", indices, ndim=3, dtypes=(torch.int64, torch.int32), finite=False)
+        """Code indices (B, h, w), or (B, h, w, L) for residual codes → images."""
+        ndim = 4 if self.config.quantizer == "rvq" else 3
+        check_tensor("indices", indices, ndim=ndim, dtypes=(torch.int64, torch.int32), finite=False)
         codes = self.quantize.get_codebook_entry(indices)  # (B, h, w, d)
         return self.decode(codes.permute(0, 3, 1, 2))
 

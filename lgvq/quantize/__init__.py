@@ -3,9 +3,10 @@
 from lgvq.quantize.cvq import ClusteredVectorQuantizer
 from lgvq.quantize.kmeans import kmeans
 from lgvq.quantize.large import ProjectedVectorQuantizer
+from lgvq.quantize.residual import ResidualQuantizer
 from lgvq.quantize.vector_quantizer import QuantizerOutput, VectorQuantizer, perplexity_from_counts
 
 __all__ = [
-    "VectorQuantizer", "ClusteredVectorQuantizer", "ProjectedVectorQuantizer", "QuantizerOutput", "kmeans",
+    "VectorQuantizer", "ClusteredVectorQuantizer", "ProjectedVectorQuantizer", "ResidualQuantizer", "QuantizerOutput", "kmeans",
     "perplexity_from_counts",
 ]

@@ -17,9 +17,14 @@ import torch
 
 
 @torch.no_grad()
-def ema_(average: torch.Tensor, value: torch.Tensor, decay: float) -> None:
-    """average ← decay·average + (1 − decay)·value, in place (``lerp_``, as vector-quantize-pytorch)."""
-    average.lerp_(value.to(average.dtype), 1.0 - decay)
+def ema_(average: torch.Tensor, value: torch.Tensor, decay: float, weight: torch.Tensor | None = None) -> None:
+    """average ← average + (1 − decay)·w·(value − average), in place (``lerp_``, as
+    vector-quantize-pytorch); w = 1, or a per-code ``weight`` shaped like the leading dimensions
+    of ``average`` (w = 0 leaves a code's statistics as they are)."""
+    step = 1.0 - decay
+    if weight is not None:
+        step = step * weight.to(average.dtype).reshape(*weight.shape, *(1,) * (average.dim() - weight.dim()))
+    average.lerp_(value.to(average.dtype), step)
 
 
 def laplace_smoothed_codes(counts: torch.Tensor, sums: torch.Tensor, eps: float) -> torch.Tensor:

@@ -8,11 +8,16 @@ module can allocate per-position parameters (the learned mask vectors are (L, Dt
 
 Subclasses only load a Hugging Face model + tokenizer and implement ``_run_model``;
 tokenisation, validation, freezing, masking and caching live here once.
+
+The unmasked features of a caption are a function of the caption alone (``encode``): whatever
+batch it arrives in, it is read in a chunk of the same fixed shape, so a cached feature, a
+feature computed in another batch and one computed in this batch are the same bits.
 """
 
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,13 +25,20 @@ import torch
 from torch import nn
 
 from lgvq.checks import check_tensor, is_strict
-from lgvq.text.cache import CaptionFeatureCache
+from lgvq.text.cache import CaptionFeatureCache, CaptionFeatures
+from lgvq.text.fingerprint import encoder_fingerprint, weights_state
 
 DEFAULT_MAX_LENGTH = 30  # the LG-VQ release truncates CLIP captions to 30 tokens
 MIN_MAX_LENGTH = 3  # start + end token + at least one word
 DEFAULT_CACHE_SIZE = 4096
 #: On the CPU a batch is encoded in this many runs of similar caption length (``_length_groups``).
 LENGTH_GROUPS = 4
+#: ``encode`` reads captions in chunks of exactly CHUNK_ROWS rows (filled up with copies of
+#: the last caption), each as wide as its captions' length rounded up to LENGTH_STEP tokens.
+#: A matmul's rounding depends on its shape (a caption's features differ by ~1e-6 between a
+#: batch of 1 and a batch of 4 of the same length); within one shape the rows are independent.
+CHUNK_ROWS = 8
+LENGTH_STEP = 4
 
 
 @dataclass(frozen=True)
@@ -38,12 +50,16 @@ class TokenizedText:
     positions, which masked text prediction must never mask. captions: the source strings
     when built by ``TextEncoder.tokenize``; ``encode`` uses them as cache keys and trusts
     that they match ``ids``. None for ids that no longer spell the captions (masked ids).
+    lengths: the real tokens of each row (host integers, read once from the tokenizer's
+    output, so that ``encode`` can cut its chunks without reading a device tensor); None:
+    read from ``attention_mask`` when needed.
     """
 
     ids: torch.Tensor
     attention_mask: torch.Tensor
     special_mask: torch.Tensor
     captions: tuple[str, ...] | None = None
+    lengths: tuple[int, ...] | None = None
 
     def to(self, device: torch.device | str) -> TokenizedText:
         # non_blocking: a host→device copy then needs no stream sync (safe from pageable memory)
@@ -52,18 +68,28 @@ class TokenizedText:
             attention_mask=self.attention_mask.to(device, non_blocking=True),
             special_mask=self.special_mask.to(device, non_blocking=True),
             captions=self.captions,
+            lengths=self.lengths,
         )
 
     def rows(self, index: Sequence[int]) -> TokenizedText:
         """The sub-batch of the given rows (used to encode only the cache misses)."""
         rows = torch.as_tensor(list(index), dtype=torch.long, device=self.ids.device)
         captions = None if self.captions is None else tuple(self.captions[i] for i in index)
+        lengths = None if self.lengths is None else tuple(self.lengths[i] for i in index)
         return TokenizedText(
             ids=self.ids[rows],
             attention_mask=self.attention_mask[rows],
             special_mask=self.special_mask[rows],
             captions=captions,
+            lengths=lengths,
         )
+
+    def real_lengths(self) -> tuple[int, ...]:
+        """``lengths``, or the last real position + 1 of every row (a host read of the mask)."""
+        if self.lengths is not None:
+            return self.lengths
+        positions = torch.arange(1, self.ids.shape[1] + 1, device=self.attention_mask.device)
+        return tuple((self.attention_mask.ne(0) * positions).amax(dim=1).tolist())
 
 
 @dataclass(frozen=True)
@@ -156,13 +182,19 @@ class TextEncoder(nn.Module, abc.ABC):
     Captions longer than ``max_length`` tokens (start/end included) are truncated; shorter
     ones are padded, so every batch is (B, max_length).
 
-    With ``cache=True`` the features of each caption are kept on CPU in an LRU map keyed by
-    the caption string (at most ``cache_size`` captions, about L * Dt * 4 bytes each), which
-    pays off when a dataset's captions are encoded every epoch.
+    ``encode`` reads each caption in a chunk of fixed shape (CHUNK_ROWS rows, its length
+    rounded up to LENGTH_STEP), so its features are the same bits in any batch. With
+    ``cache=True`` they are kept on CPU in an LRU map keyed by the caption string (at most
+    ``cache_size`` captions, about n_tokens * Dt * 4 bytes each) and served bit-identical to
+    a fresh encode; the map is emptied when the encoder's weights, dtype or device change
+    (``fingerprint``). A ``CaptionFeatureTable`` (a memory-mapped file of a whole dataset's
+    features, ``lgvq.text.table``) can be attached as ``table``; it is consulted first and
+    refused once it no longer matches the encoder.
 
-    On the CPU the model reads captions of similar length together, each group only up to its
-    longest caption (``trim_padding``, on by default; see ``_length_groups``); the features
-    are padded back to ``max_length``.
+    ``encode_masked`` (the leak-free Lmtp input, new every step) is not cached. On the CPU it
+    reads captions of similar length together, each group only up to its longest caption
+    (``trim_padding``, on by default; see ``_length_groups``); the features are padded back
+    to ``max_length``.
     """
 
     trim_padding = True
@@ -188,6 +220,8 @@ class TextEncoder(nn.Module, abc.ABC):
         self._mask_token_id = int(mask_token_id)
         self._sentence_dim = int(sentence_dim)
         self.cache = CaptionFeatureCache(cache_size) if cache else None
+        self.table = None  # a CaptionFeatureTable, attached by lgvq.text.table.attach_caption_table
+        self._fingerprint: tuple[tuple, str] | None = None  # (weights_state, digest)
 
     @abc.abstractmethod
     def _run_model(
@@ -234,6 +268,17 @@ class TextEncoder(nn.Module, abc.ABC):
     def device(self) -> torch.device:
         return self.word_embeddings.device
 
+    def fingerprint(self) -> str:
+        """A digest of everything the unmasked features depend on: weights, model config,
+        tokenizer settings, the chunk shape rule, device, dtype and torch build
+        (``lgvq.text.fingerprint``). Hashing the weights takes a fraction of a second, so the
+        digest is recomputed only when ``weights_state`` (tensor addresses, in-place version
+        counters, dtypes, devices) says a weight may have changed."""
+        state = weights_state(self.model)
+        if self._fingerprint is None or self._fingerprint[0] != state:
+            self._fingerprint = (state, encoder_fingerprint(self, recipe=(CHUNK_ROWS, LENGTH_STEP)))
+        return self._fingerprint[1]
+
     def train(self, mode: bool = True) -> TextEncoder:
         """Record ``mode`` but keep the frozen model in eval mode (dropout off)."""
         super().train(mode)
@@ -265,6 +310,7 @@ class TextEncoder(nn.Module, abc.ABC):
             attention_mask=attention_mask,
             special_mask=special_mask,
             captions=tuple(captions),
+            lengths=tuple(attention_mask.sum(1).tolist()),  # right padding: the count is the length
         )
 
     def _check_tokens(self, tokens) -> TokenizedText:
@@ -288,10 +334,10 @@ class TextEncoder(nn.Module, abc.ABC):
                     f"tokens.{name} must have the shape of tokens.ids {tuple(ids.shape)}, got "
                     f"{tuple(getattr(tokens, name).shape)}"
                 )
-        if tokens.captions is not None and len(tokens.captions) != ids.shape[0]:
-            raise ValueError(
-                f"tokens.captions has {len(tokens.captions)} entries for {ids.shape[0]} rows"
-            )
+        for name in ("captions", "lengths"):
+            given = getattr(tokens, name)
+            if given is not None and len(given) != ids.shape[0]:
+                raise ValueError(f"tokens.{name} has {len(given)} entries for {ids.shape[0]} rows")
         if is_strict() and (bool((ids < 0).any()) or bool((ids >= self.vocab_size).any())):
             raise ValueError(f"tokens.ids must lie in [0, {self.vocab_size})")
         return tokens
@@ -303,11 +349,12 @@ class TextEncoder(nn.Module, abc.ABC):
 
     @torch.no_grad()
     def encode(self, tokens: TokenizedText) -> EncodedText:
-        """Word and sentence features of ``tokens`` (served from the cache when enabled)."""
+        """Word and sentence features of ``tokens``, each row a function of its caption alone
+        (``_encode_rows``); served from the table and the cache when they are on."""
         tokens = self._check_tokens(tokens)
-        if self.cache is not None and tokens.captions is not None:
-            return self._encode_cached(tokens)
-        return self._encode_batch(tokens)
+        if tokens.captions is not None and (self.cache is not None or self.table is not None):
+            return self._assemble(self._cached_rows(tokens), tokens)
+        return self._assemble(self._encode_rows(tokens), tokens)
 
     @torch.no_grad()
     def encode_masked(self, tokens: TokenizedText, mask: torch.Tensor) -> EncodedText:
@@ -334,10 +381,12 @@ class TextEncoder(nn.Module, abc.ABC):
             ids=tokens.ids.masked_fill(mask, self.mask_token_id),
             attention_mask=tokens.attention_mask,
             special_mask=tokens.special_mask,
+            lengths=tokens.lengths,
         )
         return self._encode_batch(masked)
 
     def _encode_batch(self, tokens: TokenizedText) -> EncodedText:
+        """``encode_masked``'s model runs: the whole batch, in ``_length_groups`` on the CPU."""
         tokens = tokens.to(self.device)
         ids, attention = tokens.ids, tokens.attention_mask.long()
         words = sentence = None
@@ -373,22 +422,87 @@ class TextEncoder(nn.Module, abc.ABC):
         order = lengths.argsort(stable=True)
         return [(rows, int(lengths[rows[-1]])) for rows in order.chunk(min(LENGTH_GROUPS, batch))]
 
-    def _encode_cached(self, tokens: TokenizedText) -> EncodedText:
-        """Encode only the captions not in the cache (each once), then assemble the batch."""
-        features = {}
-        first_miss_row = {}
+    def _chunks(self, lengths: Sequence[int]) -> list[tuple[list[int], int]]:
+        """(rows, width) of every model run of ``_encode_rows``: rows of one width, at most
+        CHUNK_ROWS of them, in batch order. The width is a function of the length alone."""
+        by_width: dict[int, list[int]] = {}
+        for row, length in enumerate(lengths):
+            width = min(self.max_length, math.ceil(length / LENGTH_STEP) * LENGTH_STEP)
+            by_width.setdefault(width, []).append(row)
+        return [(rows[i:i + CHUNK_ROWS], width) for width, rows in by_width.items()
+                for i in range(0, len(rows), CHUNK_ROWS)]
+
+    def _encode_rows(self, tokens: TokenizedText) -> list[CaptionFeatures]:
+        """Per row: (words (n, Dt) at the n real tokens, sentence (Ds,)), on the encoder's device.
+
+        Every model run has the shape (CHUNK_ROWS, width): a short chunk is filled up with
+        copies of its last row, whose outputs are dropped. A row's features then depend on
+        its own tokens only, not on the batch, its position in it or its neighbours: the
+        same bits cached or not, in the first epoch or after a resume.
+        """
+        lengths = tokens.real_lengths()
+        features: list[CaptionFeatures | None] = [None] * len(lengths)
+        for rows, width in self._chunks(lengths):
+            filled = torch.tensor(rows + rows[-1:] * (CHUNK_ROWS - len(rows)), device=tokens.ids.device)
+            hidden, pooled = self._run_model(
+                tokens.ids[filled, :width].to(self.device, non_blocking=True),
+                tokens.attention_mask[filled, :width].long().to(self.device, non_blocking=True),
+            )
+            for j, row in enumerate(rows):
+                features[row] = (hidden[j, :lengths[row]].float(), pooled[j].float())
+        return features
+
+    def _assemble(self, features: Sequence[CaptionFeatures], tokens: TokenizedText) -> EncodedText:
+        """The batch (B, L, Dt) of per-row features, zero at padding, on the encoder's device."""
+        first_words, first_sentence = features[0]
+        words = first_words.new_zeros(len(features), self.max_length, first_words.shape[-1])
+        for row, (row_words, _) in enumerate(features):
+            words[row, :row_words.shape[0]] = row_words
+        sentence = torch.stack([row_sentence for _, row_sentence in features])
+        return EncodedText(
+            words=words.to(self.device, non_blocking=True),
+            sentence=sentence.to(self.device, non_blocking=True),
+            tokens=tokens.to(self.device),
+        )
+
+    def _cached_rows(self, tokens: TokenizedText) -> list[CaptionFeatures]:
+        """Per-row features from the table, then the cache, encoding the rest (each distinct
+        caption once). Both stores are checked against ``fingerprint`` first: after the
+        encoder changed, the cache is emptied and a table raises rather than serve stale rows."""
+        fingerprint = self.fingerprint()
+        if self.table is not None:
+            self.table.check_fingerprint(fingerprint)
+        if self.cache is not None:
+            self.cache.match(fingerprint)
+        features: dict[str, CaptionFeatures] = {}
+        first_miss_row: dict[str, int] = {}
         for row, caption in enumerate(tokens.captions):
             if caption in features or caption in first_miss_row:
                 continue
-            hit = self.cache.get(caption)
+            hit = self._lookup(caption)
             if hit is None:
                 first_miss_row[caption] = row
             else:
                 features[caption] = hit
         if first_miss_row:
-            fresh = self._encode_batch(tokens.rows(list(first_miss_row.values())))
-            for j, caption in enumerate(first_miss_row):
-                features[caption] = self.cache.put(caption, fresh.words[j], fresh.sentence[j])
-        words = torch.stack([features[c][0] for c in tokens.captions]).to(self.device, non_blocking=True)
-        sentence = torch.stack([features[c][1] for c in tokens.captions]).to(self.device, non_blocking=True)
-        return EncodedText(words=words, sentence=sentence, tokens=tokens.to(self.device))
+            fresh = self._encode_rows(tokens.rows(list(first_miss_row.values())))
+            for caption, (words, sentence) in zip(first_miss_row, fresh):
+                if self.cache is not None:
+                    features[caption] = self.cache.put(caption, words, sentence)
+                else:
+                    features[caption] = (words.to("cpu", copy=True), sentence.to("cpu", copy=True))
+        return [features[caption] for caption in tokens.captions]
+
+    def _lookup(self, caption: str) -> CaptionFeatures | None:
+        hit = None if self.table is None else self.table.get(caption)
+        if hit is None and self.cache is not None:
+            hit = self.cache.get(caption)
+        return hit
+
+    @torch.no_grad()
+    def cache_captions(self, captions: Sequence[str]) -> None:
+        """Encode the captions not yet in the cache together, in full chunks (``encode_ahead``)."""
+        if self.cache is None or not captions:
+            return
+        distinct = list(dict.fromkeys(captions))
+        self._cached_rows(self.tokenize(distinct))

@@ -53,6 +53,15 @@ def test_quantize_bench_runs_small_shape():
     assert "lgvq torch" in table and "WRONG" not in table
 
 
+def test_residual_bench_runs_small_shape(monkeypatch):
+    import bench.residual as residual_bench
+
+    monkeypatch.setitem(residual_bench.SHAPES, "tiny", (256, 3, 64, 16, "l2"))
+    table = residual_bench.run_shape("tiny", CPU, repeats=3, budget_s=1.0, compile_timeout=1.0,
+                                     providers={"eager", "torch", "vqp"})
+    assert "lgvq torch" in table and "vector-quantize-pytorch" in table and "indices as eager's" not in table
+
+
 def test_benchmark_nearest_code_torch_cpu(benchmark):
     x, codebook = torch.randn(2048, 64), torch.randn(512, 64)
     idx, _ = benchmark.pedantic(nearest_code, args=(x, codebook), kwargs={"backend": "torch"}, rounds=5,

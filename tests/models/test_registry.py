@@ -5,9 +5,9 @@ import torch
 
 from lgvq.compat import LFQ, IndexPropagationQuantize
 from lgvq.models import AttnBlock, VQModel, build_loss, build_model, get_spec, model_names
-from lgvq.quantize import ClusteredVectorQuantizer
+from lgvq.quantize import ClusteredVectorQuantizer, ResidualQuantizer
 
-NAMES = ["cvq-f16-paper", "cvq-tiny", "ibq-tiny", "lfq-tiny", "vqgan-f16-paper", "vqgan-tiny", "vqvae-tiny"]
+NAMES = ["cvq-f16-paper", "cvq-tiny", "ibq-tiny", "lfq-tiny", "rqvae-tiny", "vqgan-f16-paper", "vqgan-tiny", "vqvae-tiny"]
 
 
 def test_names():
@@ -49,6 +49,18 @@ def test_softmax_entries():
         build_model("ibq-tiny", kmeans_init=True)
     with pytest.raises(ValueError, match="dim must equal num_codebooks"):
         build_model("lfq-tiny", n_embed=512)
+
+
+def test_residual_entry():
+    """rqvae-tiny: 4 EMA stages of K=256 in d=64; factorised cos codes by override; no k-means."""
+    rq = build_model("rqvae-tiny", dead_code_threshold=0.03)
+    assert isinstance(rq.quantize, ResidualQuantizer)
+    assert (rq.quantize.num_stages, rq.quantize.n_e, rq.quantize.codebook_dim) == (4, 256, 64)
+    assert rq.quantize.stages[3].dead_code_threshold == 0.03
+    factorised = build_model("rqvae-tiny", codebook_dim=8, metric="cos").quantize
+    assert factorised.stages[0].embedding.weight.shape == (256, 8) and factorised.metric == "cos"
+    with pytest.raises(ValueError, match="kmeans_init is not supported by quantizer='rvq'"):
+        build_model("rqvae-tiny", kmeans_init=True)
 
 
 def test_paper_entries():
