@@ -34,7 +34,13 @@ larger than a tile of rows × codes is ever held (``TILE_BYTES``, at most ``CODE
   c_i accumulated in the same loop (s_i: IBQ's saved output, or accumulated here);
 - backward, code-owned (only when the codebook or b needs a gradient): D from the rows' c_i.
 Row-owned and code-owned passes write disjoint outputs, so the CPU runs their blocks on
-``lgvq.ops.cpu.run_blocks`` workers and the GPU kernels need no atomics.
+``lgvq.ops.cpu.run_blocks`` workers and the GPU kernels need no atomics. Each worker computes
+its tiles in two tile buffers allocated once per pass (``_TileBuffers``): a fresh allocation per
+tile on two threads left glibc holding gigabytes of freed heap (4.5 GB resident for a 256 MiB
+N×K at N = 1,024, K = 2^16). Probabilities below ``tiny^0.75`` of the dtype (1.3e-29 in
+fp32) are flushed to 0 (``_exp_``), an absolute error of at most that per probability: at
+τ = 0.01 most of them underflow, and subnormal numbers take the CPU's slow path, in ``exp``
+(about 20× a normal one) and in the GEMMs that multiply them (the backward ran 15× slower).
 
 Each path is a pair of registered ops (forward, backward) joined by ``register_autograd``,
 with fake implementations, so ``torch.compile(fullgraph=True)`` sees one call per pass.
@@ -45,6 +51,8 @@ Distributed use: ``codebook_softmax_sums`` / ``lfq_softmax_sums`` return the add
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -97,11 +105,15 @@ class _Logits:
             return lfq_codes(c0, c1, self.d, self.z.device, self.z.dtype)
         return self.codebook[c0:c1]
 
-    def tile(self, r0: int, r1: int, c0: int, c1: int, codes: torch.Tensor) -> torch.Tensor:
+    def tile(self, r0: int, r1: int, c0: int, c1: int, codes: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The logits of rows r0..r1 against codes c0..c1, written into ``out``."""
         z = self.z[r0:r1]
         if self.bias is None:
-            return torch.mm(z, codes.t()).mul_(self.scale)
-        return torch.addmm(self.bias[c0:c1], z, codes.t(), alpha=self.scale)
+            return torch.mm(z, codes.t(), out=out).mul_(self.scale)
+        return torch.addmm(self.bias[c0:c1], z, codes.t(), alpha=self.scale, out=out)
+
+    def buffers(self) -> _TileBuffers:
+        return _TileBuffers(self.row_tile * self.code_tile, self.z.dtype, self.z.device)
 
     def row_blocks(self):
         return -(-self.n // self.row_tile)
@@ -116,20 +128,47 @@ class _Logits:
         return [(r0, min(r0 + self.row_tile, self.n)) for r0 in range(0, self.n, self.row_tile)]
 
 
+class _TileBuffers:
+    """One worker's two tile buffers for a pass; ``view(i, rows, codes)`` is a (rows, codes) tile
+    in buffer i (0: the logits and what is computed in place from them, 1: the probabilities)."""
+
+    def __init__(self, size: int, dtype, device):
+        self.flat = [torch.empty(size, dtype=dtype, device=device) for _ in range(2)]
+
+    def view(self, i: int, rows: int, codes: int) -> torch.Tensor:
+        return self.flat[i][: rows * codes].view(rows, codes)
+
+
+def _exp_(shifted: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``exp(shifted)`` into out with results below ``tiny^0.75`` of the dtype flushed to 0
+    (shifted, ≤ 0 up to rounding, is clamped in place first): see the module docstring."""
+    cut = torch.finfo(shifted.dtype).tiny ** 0.75
+    torch.exp(shifted.clamp_min_(math.log(cut) - 1.0), out=out)
+    return F.threshold_(out, cut, 0.0)
+
+
 def _run(work, count: int, device) -> None:
+    """``work`` over ``count`` blocks, without autograd: the passes' gradients are explicit, and a
+    saved tensor that requires grad (lse in the backward) would otherwise make every tile a graph
+    node (grad mode is per thread, so each worker sets it)."""
+
+    def graphless(blocks):
+        with torch.no_grad():
+            work(blocks)
+
     if device.type == "cpu":
-        run_blocks(work, count)
+        run_blocks(graphless, count)
     else:
-        work(iter(range(count)))
+        graphless(iter(range(count)))
 
 
-def _row_max(tile: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(max, first argmax) of each row, through nearest's chunked argmin (torch's CPU
-    ``max(dim)`` is not vectorised: it cost about as much as the tile's GEMM)."""
+def _row_max(tile: torch.Tensor, chunk: int, scratch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(max, first argmax) of each row, through nearest's chunked argmin on ``-tile`` written into
+    scratch (torch's CPU ``max(dim)`` is not vectorised: it cost about as much as the tile's GEMM)."""
     rows = tile.shape[0]
     neg_max = torch.empty(rows, dtype=tile.dtype, device=tile.device)
     idx = torch.empty(rows, dtype=torch.int64, device=tile.device)
-    _row_min(tile.neg(), neg_max, idx, chunk)
+    _row_min(torch.neg(tile, out=scratch), neg_max, idx, chunk)
     return neg_max.neg_(), idx
 
 
@@ -143,6 +182,7 @@ def _forward_rows(lg: _Logits, *, attend: bool, entropy: bool):
     chunk = CPU_ARGMIN_CHUNK if device.type == "cpu" else 1
 
     def work(blocks):
+        buffers = lg.buffers()
         for block in blocks:
             r0 = block * lg.row_tile
             r1 = min(r0 + lg.row_tile, lg.n)
@@ -154,20 +194,19 @@ def _forward_rows(lg: _Logits, *, attend: bool, entropy: bool):
             best_idx = torch.zeros(rows, dtype=torch.int64, device=device)
             for c0, c1 in lg.code_spans():
                 codes = lg.codes(c0, c1)
-                logits = lg.tile(r0, r1, c0, c1, codes)
+                logits = lg.tile(r0, r1, c0, c1, codes, buffers.view(0, rows, c1 - c0))
                 if attend:
-                    tile_max, tile_arg = _row_max(logits, chunk)
+                    tile_max, tile_arg = _row_max(logits, chunk, buffers.view(1, rows, c1 - c0))
                     better = tile_max > m  # strict: an earlier tile keeps a tie
                     best_idx = torch.where(better, tile_arg + c0, best_idx)
                 else:
                     tile_max = logits.amax(dim=1)
                 m_new = torch.maximum(m, tile_max)
                 alpha = torch.exp(m - m_new)
-                logits.sub_(m_new.unsqueeze(1))
-                p = torch.exp(logits)
+                p = _exp_(logits.sub_(m_new.unsqueeze(1)), buffers.view(1, rows, c1 - c0))
                 if entropy:
                     shift = torch.where(total > 0, (m - m_new) * total, 0.0)
-                    spread = alpha * (spread + shift) + (p * logits).sum(dim=1)
+                    spread = alpha * (spread + shift) + logits.mul_(p).sum(dim=1)
                 total = alpha * total + p.sum(dim=1)
                 if attend:
                     acc = torch.addmm(acc * alpha.unsqueeze(1), p, codes)
@@ -189,13 +228,14 @@ def _probability_sums(lg: _Logits, lse: torch.Tensor) -> torch.Tensor:
     spans = lg.code_spans()
 
     def work(blocks):
+        buffers = lg.buffers()
         for block in blocks:
             c0, c1 = spans[block]
             codes = lg.codes(c0, c1)
             acc = torch.zeros(c1 - c0, dtype=lg.z.dtype, device=lg.z.device)
             for r0, r1 in lg.row_spans():
-                logits = lg.tile(r0, r1, c0, c1, codes)
-                acc += logits.sub_(lse[r0:r1].unsqueeze(1)).exp_().sum(dim=0)
+                logits = lg.tile(r0, r1, c0, c1, codes, buffers.view(0, r1 - r0, c1 - c0))
+                acc += _exp_(logits.sub_(lse[r0:r1].unsqueeze(1)), logits).sum(dim=0)
             sums[c0:c1] = acc
 
     _run(work, len(spans), lg.z.device)
@@ -205,12 +245,14 @@ def _probability_sums(lg: _Logits, lse: torch.Tensor) -> torch.Tensor:
 def _backward_rows(lg: _Logits, lse, probability_grad, soft=None):
     """Row-owned backward pass: (dz, c) with c_i = Σ_k p_ik w_ik and
     ``dz_i = a (Σ_k p_ik w_ik e_k - c_i s_i)``. ``probability_grad(r0, r1, c0, c1, logits, codes)``
-    gives the tile of w from the tile of log p; s is accumulated here unless given."""
+    gives the tile of w from the tile of log p (it may overwrite log p); s is accumulated here
+    unless given."""
     dtype, device = lg.z.dtype, lg.z.device
     dz = torch.empty(lg.n, lg.d, dtype=dtype, device=device)
     row_dot = torch.empty(lg.n, dtype=dtype, device=device)
 
     def work(blocks):
+        buffers = lg.buffers()
         for block in blocks:
             r0 = block * lg.row_tile
             r1 = min(r0 + lg.row_tile, lg.n)
@@ -219,8 +261,8 @@ def _backward_rows(lg: _Logits, lse, probability_grad, soft=None):
             c = torch.zeros(r1 - r0, dtype=dtype, device=device)
             for c0, c1 in lg.code_spans():
                 codes = lg.codes(c0, c1)
-                log_p = lg.tile(r0, r1, c0, c1, codes).sub_(lse[r0:r1].unsqueeze(1))
-                p = log_p.exp()
+                log_p = lg.tile(r0, r1, c0, c1, codes, buffers.view(0, r1 - r0, c1 - c0))
+                p = _exp_(log_p.sub_(lse[r0:r1].unsqueeze(1)), buffers.view(1, r1 - r0, c1 - c0))
                 if soft is None:
                     attended.addmm_(p, codes)
                 pw = p.mul_(probability_grad(r0, r1, c0, c1, log_p, codes))
@@ -242,14 +284,15 @@ def _backward_codes(lg: _Logits, lse, row_dot, probability_grad):
     spans = lg.code_spans()
 
     def work(blocks):
+        buffers = lg.buffers()
         for block in blocks:
             c0, c1 = spans[block]
             codes = lg.codes(c0, c1)
             acc = torch.zeros(c1 - c0, lg.d, dtype=dtype, device=device)
             bias_acc = torch.zeros(c1 - c0, dtype=dtype, device=device)
             for r0, r1 in lg.row_spans():
-                log_p = lg.tile(r0, r1, c0, c1, codes).sub_(lse[r0:r1].unsqueeze(1))
-                p = log_p.exp()
+                log_p = lg.tile(r0, r1, c0, c1, codes, buffers.view(0, r1 - r0, c1 - c0))
+                p = _exp_(log_p.sub_(lse[r0:r1].unsqueeze(1)), buffers.view(1, r1 - r0, c1 - c0))
                 w = probability_grad(r0, r1, c0, c1, log_p, codes)
                 grad_logits = p.mul_(w.sub_(row_dot[r0:r1].unsqueeze(1)))
                 bias_acc += grad_logits.sum(dim=0)
@@ -304,8 +347,8 @@ def softmax_attend_backward(
         lg = _Logits(z, codebook, bias, scale)
         g = grad_soft.to(lg.z.dtype)
 
-        def probability_grad(r0, r1, c0, c1, log_p, codes):  # w_ik = g_i·e_k
-            return torch.mm(g[r0:r1], codes.t())
+        def probability_grad(r0, r1, c0, c1, log_p, codes):  # w_ik = g_i·e_k, in log p's place
+            return torch.mm(g[r0:r1], codes.t(), out=log_p)
 
         dz, row_dot = _backward_rows(lg, lse, probability_grad, soft=soft.to(lg.z.dtype))
         de, db = _backward_codes(lg, lse, row_dot, probability_grad) if code_grad else (None, None)
@@ -390,8 +433,8 @@ def softmax_entropy_sums_backward(
         lg = _Logits(z, codebook, bias, scale)
         gamma, eta = grad_sums.to(lg.z.dtype), grad_entropy.to(lg.z.dtype)
 
-        def probability_grad(r0, r1, c0, c1, log_p, codes):  # w_ik = γ_k - η log p_ik
-            return gamma[c0:c1] - eta * log_p
+        def probability_grad(r0, r1, c0, c1, log_p, codes):  # w_ik = γ_k - η log p_ik, in place
+            return log_p.mul_(-eta).add_(gamma[c0:c1])
 
         dz, row_dot = _backward_rows(lg, lse, probability_grad)
         de, db = _backward_codes(lg, lse, row_dot, probability_grad) if code_grad else (None, None)

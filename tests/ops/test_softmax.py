@@ -11,11 +11,14 @@ Oracles, in our words:
   logits = 2·x·codesᵀ; the entropy above at τ = 0.01.
 """
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import lgvq.ops.softmax as softmax_mod
+from bench.common import peak_extra_memory
 from lgvq.ops import (
     codebook_entropy,
     codebook_softmax_sums,
@@ -26,6 +29,8 @@ from lgvq.ops import (
 )
 
 EPS = 1e-5
+#: The torch path's real tiling, before the autouse fixture shrinks it.
+REAL_TILE_BYTES, REAL_CODE_TILE = softmax_mod.TILE_BYTES, softmax_mod.CODE_TILE
 # (N, K, d): N = 1, K not a multiple of the test tile (16 codes), d not a power of two.
 SHAPES = [(1, 5, 3), (7, 45, 17), (33, 130, 20)]
 
@@ -272,6 +277,41 @@ def _assert_same(got, want, rtol):
     (out, out_g), (ref, ref_g) = got, want
     for g, w in zip(list(out) + list(out_g), list(ref) + list(ref_g)):
         assert_close(g, w, rtol)
+
+
+def _ibq_entropy_step(n, k, d):
+    z, codebook = (0.1 * torch.randn(n, d)).requires_grad_(), (0.1 * torch.randn(k, d)).requires_grad_()
+
+    def step():
+        z_q, _ = index_backprop_quantize(z, codebook, backend="torch")
+        sample, avg = codebook_entropy(z, codebook, backend="torch")
+        (z_q.square().sum() + sample - avg).backward()
+    return step
+
+
+def _lfq_step(n, k, d):
+    x = (0.05 * torch.randn(n, k.bit_length() - 1)).requires_grad_()
+
+    def step():
+        sample, avg = lfq_entropy(x, backend="torch")
+        (sample - avg).backward()
+    return step
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux /proc/self/clear_refs")
+@pytest.mark.parametrize("make_step", [_ibq_entropy_step, _lfq_step], ids=["ibq+entropy", "lfq"])
+def test_torch_path_holds_a_bounded_tile(make_step, monkeypatch):
+    """Forward + backward at N = 1,024, K = 2^16 with the real tiles: one fp32 N×K matrix is
+    256 MiB, 64 tiles. The passes hold two tiles per worker; allow a quarter of N×K, which a
+    kept or materialised N×K, autograd saving the tiles, or freed tiles the heap keeps (gigabytes
+    when every tile was a fresh allocation on two threads) all exceed."""
+    monkeypatch.setattr(softmax_mod, "TILE_BYTES", REAL_TILE_BYTES)
+    monkeypatch.setattr(softmax_mod, "CODE_TILE", REAL_CODE_TILE)
+    make_step(64, 2**12, 8)()  # first calls load modules and start the workers: not the op's memory
+    n, k = 1024, 2**16
+    step = make_step(n, k, 8)
+    growth = peak_extra_memory(step, torch.device("cpu"))
+    assert growth < n * k * 4 // 4, f"{growth / 2**20:.0f} MiB"
 
 
 @pytest.mark.triton
