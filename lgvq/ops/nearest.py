@@ -39,19 +39,23 @@ CPU_CODE_BLOCK = 4096
 CPU_ARGMIN_CHUNK = 128
 
 
-def check_codebook_inputs(x_name: str, x, codebook, metric: str) -> None:
-    """Shared validation of (x (..., d), codebook (K, d), metric) for the search-based ops."""
+def check_codebook_inputs(
+    x_name: str, x, codebook, metric: str, *, metrics=METRICS, codebook_name: str = "codebook",
+    codebook_ndim: int = 2,
+) -> None:
+    """Shared validation of (x (..., d), codebook (K, d) — or (L, K, d) stage codebooks — and
+    metric) for the ops that score rows against codes."""
     check_tensor(x_name, x, min_ndim=1, finite=False)
-    check_tensor("codebook", codebook, ndim=2, finite=False)
-    check_choice("metric", metric, METRICS)
-    if x.shape[-1] != codebook.shape[1]:
+    check_tensor(codebook_name, codebook, ndim=codebook_ndim, finite=False)
+    check_choice("metric", metric, metrics)
+    if x.shape[-1] != codebook.shape[-1]:
         raise ValueError(
-            f"{x_name} has code dimension {x.shape[-1]} (its last axis) but codebook has "
-            f"{codebook.shape[1]} (shape {tuple(codebook.shape)})"
+            f"{x_name} has code dimension {x.shape[-1]} (its last axis) but {codebook_name} has "
+            f"{codebook.shape[-1]} (shape {tuple(codebook.shape)})"
         )
-    check_same_device(**{x_name: x, "codebook": codebook})
+    check_same_device(**{x_name: x, codebook_name: codebook})
     check_finite_if_strict(x_name, x)
-    check_finite_if_strict("codebook", codebook)
+    check_finite_if_strict(codebook_name, codebook)
 
 
 def check_code_sq_norms(code_sq_norms, codebook, metric: str) -> None:

@@ -44,10 +44,10 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from lgvq.checks import check_choice, check_finite_if_strict, check_same_device, check_tensor
+from lgvq.checks import check_choice, check_tensor
 from lgvq.ops.backend import resolve_backend
 from lgvq.ops.cpu import run_blocks
-from lgvq.ops.nearest import METRICS, _accumulate_dtype, search_torch
+from lgvq.ops.nearest import METRICS, _accumulate_dtype, check_codebook_inputs, search_torch
 from lgvq.ops.stats import code_counts_and_sums
 
 #: vqp's ``safe_div`` floor for the norms in the rotation trick.
@@ -72,19 +72,6 @@ def stage_codebooks(codebooks: torch.Tensor, num_stages: int | None) -> torch.Te
     if num_stages is not None and num_stages != codebooks.shape[0]:
         raise ValueError(f"num_stages={num_stages} but codebooks has {codebooks.shape[0]} stages (shape (L, K, d))")
     return codebooks
-
-
-def _check_inputs(x: torch.Tensor, codebooks: torch.Tensor, metric: str) -> None:
-    check_tensor("x", x, min_ndim=1, finite=False)
-    check_choice("metric", metric, METRICS)
-    if x.shape[-1] != codebooks.shape[-1]:
-        raise ValueError(
-            f"x has code dimension {x.shape[-1]} (its last axis) but codebooks have "
-            f"{codebooks.shape[-1]} (shape {tuple(codebooks.shape)})"
-        )
-    check_same_device(x=x, codebooks=codebooks)
-    check_finite_if_strict("x", x)
-    check_finite_if_strict("codebooks", codebooks)
 
 
 def _stage_offsets(codes: torch.Tensor, cos: bool) -> torch.Tensor:
@@ -317,7 +304,7 @@ def _prepare(x, codebooks, num_stages, metric):
     cos = metric == "cos"
     check_tensor("codebooks", codebooks, finite=False)
     codes = stage_codebooks(F.normalize(codebooks, dim=-1) if cos else codebooks, num_stages)
-    _check_inputs(x, codes, metric)
+    check_codebook_inputs("x", x, codes, metric, codebook_name="codebooks", codebook_ndim=3)
     return x.reshape(-1, x.shape[-1]), codes, cos
 
 

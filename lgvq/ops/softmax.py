@@ -57,10 +57,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from lgvq.checks import check_choice, check_finite_if_strict, check_positive, check_same_device, check_tensor
+from lgvq.checks import check_finite_if_strict, check_positive, check_tensor
 from lgvq.ops.backend import resolve_backend
 from lgvq.ops.cpu import run_blocks
-from lgvq.ops.nearest import CPU_ARGMIN_CHUNK, _row_min
+from lgvq.ops.nearest import CPU_ARGMIN_CHUNK, _row_min, check_codebook_inputs
 
 METRICS = ("dot", "cos", "l2")
 #: MAGVIT-2's eps inside the codebook entropy's log.
@@ -468,18 +468,8 @@ softmax_entropy_sums.register_autograd(_entropy_sums_backward, setup_context=_sa
 
 
 def _check_inputs(z, codebook, metric: str, temperature: float) -> None:
-    check_tensor("z", z, min_ndim=1, finite=False)
-    check_tensor("codebook", codebook, ndim=2, finite=False)
-    check_choice("metric", metric, METRICS)
+    check_codebook_inputs("z", z, codebook, metric, metrics=METRICS)
     check_positive("temperature", temperature)
-    if z.shape[-1] != codebook.shape[1]:
-        raise ValueError(
-            f"z has code dimension {z.shape[-1]} (its last axis) but codebook has {codebook.shape[1]} "
-            f"(shape {tuple(codebook.shape)})"
-        )
-    check_same_device(z=z, codebook=codebook)
-    check_finite_if_strict("z", z)
-    check_finite_if_strict("codebook", codebook)
 
 
 def _logit_terms(z, codebook, metric: str, temperature: float):
