@@ -7,7 +7,9 @@ to their torch references.
 Importing this package does not import triton (about 0.1-0.2 s and, on a CPU-only machine,
 of no use outside the interpreter tests): ``HAS_TRITON`` only asks whether triton is
 installed, and triton itself is first imported with a launcher module (``lgvq.kernels.nearest``
-and its siblings), which ``lgvq.ops`` imports when a Triton backend is chosen.
+and its siblings), which ``lgvq.ops`` imports when a Triton backend is chosen. The one
+exception is the interpreter on triton < 3.7 with numpy >= 2.4, which needs a fix first
+(``lgvq.kernels.interpreter``).
 """
 
 import importlib.util
@@ -18,6 +20,11 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 #: Triton's CPU interpreter (``TRITON_INTERPRET=1``, set before importing triton) runs the
 #: kernels on CPU tensors. It is for correctness tests only: it cannot measure speed.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+if HAS_TRITON and INTERPRET:
+    from .interpreter import backport_scalar_index
+
+    backport_scalar_index()
 
 
 def fp32_dot_precision() -> str:
