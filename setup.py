@@ -5,7 +5,7 @@ Bounds: torch 2.4 is a known floor (the first torch whose triton pin, 3.0, the k
 with; torch 2.3 pins triton 2.3); the other floors are releases that already have the APIs lgvq
 calls (the tests run the newest releases, not the floors); no ceiling is set because no release
 is known to break lgvq (triton < 3.7's CPU interpreter fails with numpy >= 2.4; pip cannot bound
-one by the other, so the tests skip the interpreter there: docs/design.md, "Supported stacks").
+one by the other, so lgvq.kernels.interpreter fixes it: docs/design.md, "Supported stacks").
 ``kernels/`` and ``configs/`` live at the top of the repository and ship as ``lgvq.kernels`` and
 ``lgvq.configs``.
 """
