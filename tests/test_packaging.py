@@ -38,8 +38,11 @@ def _run(*args, cwd=None, env=ISOLATED, check=True) -> subprocess.CompletedProce
 
 
 def _fresh_python(code: str) -> str:
-    """stdout of ``code`` in a new interpreter that imports lgvq from this checkout."""
+    """stdout of ``code`` in a new interpreter that imports lgvq from this checkout, as a user
+    runs it: without the tests' TRITON_INTERPRET (under which ``lgvq.kernels`` may import
+    triton to fix its interpreter first: ``lgvq.kernels.interpreter``)."""
     environ = {**os.environ, "PYTHONPATH": str(ROOT)}
+    environ.pop("TRITON_INTERPRET", None)
     return _run(sys.executable, "-c", code, env=environ).stdout.strip()
 
 
@@ -188,7 +191,7 @@ def full_venv(shared_tmp, dists, torch_site) -> Path:
 
 
 CORE_QUANTIZES = """
-import importlib.util, torch
+import importlib.metadata, importlib.util, re, torch
 from lgvq.quantize import VectorQuantizer
 from lgvq.ops import nearest_code
 
@@ -199,8 +202,10 @@ z_q, loss, (_, _, idx) = quantizer(z)
 (z_q.sum() + loss).backward()
 expected, _ = nearest_code(z.detach().movedim(1, -1).reshape(-1, 4), quantizer.codebook, backend="torch")
 assert torch.equal(idx, expected) and z.grad is not None and quantizer.codebook.grad is not None
+# CUDA builds of torch require triton themselves: then it is torch's, not lgvq's
+torch_requires = {re.match(r"[\\w.-]+", r)[0].lower() for r in importlib.metadata.requires("torch") or []}
 print(" ".join(m for m in ("transformers", "matplotlib", "yaml", "PIL", "tensorboard", "triton")
-               if importlib.util.find_spec(m) is not None))
+               if importlib.util.find_spec(m) is not None and m not in torch_requires))
 """
 
 
