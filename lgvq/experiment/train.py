@@ -68,8 +68,8 @@ def adam(params, *, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
 
     Same algorithm, float rounding aside. Torch's default on the CPU is its single-tensor
     loop, about ten small ops per parameter (an LG model has 211 parameters); elsewhere
-    torch's default (foreach on CUDA) is kept. The choice is
-    saved in the state_dict's param groups, so a resumed run keeps the path it started with.
+    torch's default (foreach on CUDA) is kept. The choice is saved in the state_dict's param
+    groups, so a resumed run keeps the path it started with.
     """
     params = list(params)
     on_cpu = all(p.device.type == "cpu" for p in params)
