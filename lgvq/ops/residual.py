@@ -128,14 +128,18 @@ def for_row_blocks(n: int, device: torch.device, block, scratch=None) -> list:
     rows off the CPU). On the CPU the blocks go to ``run_blocks``' single-threaded workers: no
     OpenMP region per small op, which on a loaded machine waits for a descheduled thread at
     every op (a (16384, 128) gather took 28 ms on 2 threads at load ~20, 0.7 ms on one).
+    Blocks run without autograd: the op's gradients are explicit, and grad mode is per thread,
+    so a worker would otherwise record every block's intermediates of an x that requires grad
+    (the (N, d) outputs written block by block then held them all: 170 MiB at N = 16,384, L = 8).
     ``scratch()`` makes one accumulator per worker; the list of them is returned."""
     size = ROW_BLOCK if device.type == "cpu" else max(n, 1)
     partials, lock = [], threading.Lock()
 
     def work(blocks) -> None:
         own = scratch() if scratch is not None else None
-        for b in blocks:
-            block(slice(b * size, min(n, (b + 1) * size)), own)
+        with torch.no_grad():
+            for b in blocks:
+                block(slice(b * size, min(n, (b + 1) * size)), own)
         with lock:
             partials.append(own)
 

@@ -95,6 +95,51 @@ def test_row_blocks_do_not_change_the_result(monkeypatch, metric):
     assert torch.equal(counts, whole[0]) and torch.allclose(sums, whole[1], atol=1e-5)
 
 
+@pytest.mark.parametrize("metric", ["l2", "cos"])
+def test_backward_saves_x_codebooks_and_indices_only(metric):
+    """What autograd keeps per row is x and the (N, L) indices: the backward replays the stages
+    from them, so no per-stage residual, code or distance is saved (N = 600 rows > L·K codes,
+    so a per-row (N, d) tensor per stage would exceed the bound)."""
+    n, num_stages = 600, 4
+    x, codebooks = _inputs(n, num_stages, 50, 12)
+    x.requires_grad_()
+    codebooks.requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        residual_quantize(x, codebooks, metric=metric, backend="torch")
+    storages = {t.untyped_storage().data_ptr(): (t.shape[0] == n, t.untyped_storage().nbytes()) for t in saved}
+    per_row = sum(size for rows, size in storages.values() if rows)
+    per_code = sum(size for rows, size in storages.values() if not rows)
+    assert per_row <= x.nbytes + n * num_stages * 8
+    assert per_code <= 4 * codebooks.nbytes  # the codebooks (and for cosine their normalisation's)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cos"])
+def test_cpu_workers_record_no_autograd_graph(monkeypatch, metric):
+    """Grad mode is per thread: the torch path's row blocks run on pool workers, which must not
+    record their intermediates for an x and codebooks that require grad (the outputs, written
+    block by block, then held every block's graph: 170 MiB at N = 16,384, L = 8, K = 1,024)."""
+    import lgvq.ops.residual as residual_mod
+
+    monkeypatch.setattr(residual_mod, "ROW_BLOCK", 5)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x, codebooks = _inputs(23, 3, 9, 5)
+        x.requires_grad_()
+        codebooks.requires_grad_()
+        cos = metric == "cos"
+        codes = F.normalize(codebooks, dim=-1) if cos else codebooks
+        offsets = residual_mod._stage_offsets(codes, cos)
+        outputs = residual_mod.residual_search_staged(x, codes, offsets, cos, residual_mod._search_stage_torch)
+        outputs += residual_mod.residual_backward_torch(x, codes, outputs[1], torch.randn(23, 5, requires_grad=True),
+                                                        torch.ones(3, requires_grad=True), cos, True, True)
+        outputs += residual_code_statistics(x, codebooks, outputs[1], metric=metric, backend="torch")
+    finally:
+        torch.set_num_threads(threads)
+    assert not any(t.requires_grad for t in outputs)
+
+
 def test_l2_straight_through_gradient_is_L_times_upstream():
     """Every stage passes the output gradient to x once: L stages, L times (vqp's behaviour)."""
     x = torch.randn(6, 5, requires_grad=True)
