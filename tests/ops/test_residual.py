@@ -132,12 +132,38 @@ def test_cpu_workers_record_no_autograd_graph(monkeypatch, metric):
         codes = F.normalize(codebooks, dim=-1) if cos else codebooks
         offsets = residual_mod._stage_offsets(codes, cos)
         outputs = residual_mod.residual_search_staged(x, codes, offsets, cos, residual_mod._search_stage_torch)
-        outputs += residual_mod.residual_backward_torch(x, codes, outputs[1], torch.randn(23, 5, requires_grad=True),
+        outputs += residual_mod.residual_backward_torch(x, codes, outputs[1], None, torch.randn(23, 5, requires_grad=True),
                                                         torch.ones(3, requires_grad=True), cos, True, True)
         outputs += residual_code_statistics(x, codebooks, outputs[1], metric=metric, backend="torch")
     finally:
         torch.set_num_threads(threads)
     assert not any(t.requires_grad for t in outputs)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.triton)])
+@pytest.mark.parametrize("rotation", [False, True])
+@pytest.mark.parametrize("metric", ["l2", "cos"])
+def test_mask_is_the_kept_rows_alone(metric, rotation, backend):
+    """Rows are independent: with a mask, the kept rows' values, indices, losses (means over kept
+    rows only) and gradients are the oracle's on the kept rows alone; padded rows quantize to 0
+    and get no gradient, and give the codebooks none."""
+    x, codebooks = _inputs(19, 3, 13, 6)
+    upstream, weights = torch.randn(19, 6), torch.tensor([1.0, 0.5, 2.0])
+    mask = torch.rand(19) > 0.4
+    mask[0], mask[1] = True, False  # both kinds present
+    got = run(lambda x, c: residual_quantize(x, c, metric=metric, rotation_trick=rotation, mask=mask, backend=backend),
+              x, codebooks, upstream, weights)
+    want = run(lambda x, c: eager_oracle(x, c, metric, rotation), x[mask], codebooks, upstream[mask], weights)
+    quantized, indices, losses, grad_x, grad_codebooks = got
+    assert_same((quantized[mask], indices[mask], losses, grad_x[mask], grad_codebooks), want)
+    assert not quantized[~mask].any() and not grad_x[~mask].any()
+
+
+def test_mask_with_no_kept_row_gives_zero_losses():
+    """The loss denominator is floored at 1 (vqp's masked mean), not 0/0."""
+    x, codebooks = _inputs(4, 2, 5, 3)
+    quantized, _, losses = residual_quantize(x, codebooks, mask=torch.zeros(4, dtype=torch.bool), backend="torch")
+    assert torch.equal(losses, torch.zeros(2)) and not quantized.any()
 
 
 def test_l2_straight_through_gradient_is_L_times_upstream():
@@ -263,14 +289,16 @@ def test_makes_no_host_sync():
     assert count_syncs(step) == []
 
 
+@pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("code_grad", [True, False])
-def test_registered_ops(code_grad):
+def test_registered_ops(code_grad, masked):
     x, codebooks = _inputs(13, 3, 10, 6)
     offsets = codebooks.pow(2).sum(-1)
+    mask = torch.arange(13) % 3 > 0 if masked else None
     torch.library.opcheck(residual_quantize_op, (x.requires_grad_(), codebooks.requires_grad_(code_grad), offsets,
-                                                 False, True, "torch"))
-    _, indices, _ = residual_quantize_op(x.detach(), codebooks.detach(), offsets, False, True, "torch")
-    args = (x.detach(), codebooks.detach(), indices, torch.randn(13, 6), torch.ones(3), True, True, code_grad)
+                                                 mask, False, True, "torch"))
+    _, indices, _ = residual_quantize_op(x.detach(), codebooks.detach(), offsets, mask, False, True, "torch")
+    args = (x.detach(), codebooks.detach(), indices, mask, torch.randn(13, 6), torch.ones(3), True, True, code_grad)
     torch.library.opcheck(residual_backward_op, args)
 
 
@@ -284,6 +312,9 @@ def test_registered_ops(code_grad):
         (lambda: residual_quantize(torch.randn(3, 4), torch.randn(2, 5, 4), metric="dot"), "metric"),
         (lambda: residual_code_statistics(torch.randn(3, 4), torch.randn(2, 5, 4), torch.zeros(3, 3).long()),
          "indices must have shape"),
+        (lambda: residual_quantize(torch.randn(3, 4), torch.randn(2, 5, 4), mask=torch.ones(4, dtype=torch.bool)),
+         "mask must have x's leading shape"),
+        (lambda: residual_quantize(torch.randn(3, 4), torch.randn(2, 5, 4), mask=torch.ones(3)), "mask"),
     ],
 )
 def test_rejects_bad_input(call, message):
@@ -335,7 +366,7 @@ def test_triton_ties_pick_lowest_index(device):
 def test_triton_registered_op(device):
     x, codebooks = (t.to(device) for t in _inputs(13, 3, 40, 6))
     torch.library.opcheck(residual_quantize_op, (x.requires_grad_(), codebooks, codebooks.pow(2).sum(-1),
-                                                 False, False, "triton"))
+                                                 None, False, False, "triton"))
 
 
 @pytest.mark.gpu
