@@ -18,9 +18,8 @@ with the nearest kernel instead.
 Resources: the residual costs ``BLOCK_N·BLOCK_D / (32·num_warps)`` registers per thread, so
 configs are pruned to at most ``RESIDENT_ELEMENTS`` elements per program, then by shared
 memory with the nearest kernel's model (x tile once + ``num_stages`` code tiles). Tile lists
-and ``MAX_RESIDENT_D`` come from sm_90 and sm_80 compiles of the candidates
-(``bench/compile_check.py``): wider rows or wider code tiles spilled hundreds to thousands of
-bytes.
+and ``MAX_RESIDENT_D`` come from sm_90 compiles of the candidates (``bench/compile_check.py``):
+wider rows or wider code tiles spilled hundreds to thousands of bytes.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from . import HAS_TRITON, INTERPRET, fp32_dot_precision
-from .nearest import device_arch, n_bucket, shared_memory_bytes, shared_memory_limit
+from .nearest import n_bucket, shared_memory_bytes, shared_memory_limit
 
 if HAS_TRITON:
     import triton
@@ -39,9 +38,7 @@ if HAS_TRITON:
 #: Widest row (elements, after rounding up to a power of two) held on chip: at d = 256 every
 #: config spills on sm_90 (the residual, the operand copy of x_l and the dot's accumulators).
 MAX_RESIDENT_D = 128
-#: BLOCK_N·BLOCK_D of the resident residual: 32 fp32 registers per thread with 8 warps. Half
-#: that for 3xTF32 before sm_90: mma.sync holds both split operands in registers (wgmma reads
-#: them from shared memory), and 64 rows of d = 128 spilled 1.1-1.5 KB on sm_80.
+#: BLOCK_N·BLOCK_D of the resident residual: 32 fp32 registers per thread with 8 warps.
 RESIDENT_ELEMENTS = 8192
 #: (BLOCK_N, BLOCK_K, num_warps, num_stages) for fp32 operands (TF32 and 3xTF32: the split
 #: operands need 8 warps and narrow code tiles to stay clear of spills) and for fp16/bf16;
@@ -56,8 +53,6 @@ HALF_TILES = [
     (64, 64, 8, 3),
     (32, 64, 4, 3),
 ]
-#: The fp32 tile where no listed one fits (3xTF32 rows of d = 128 before sm_90).
-FP32_FALLBACK_TILE = (32, 32, 8, 3)
 #: The interpreter: one small config; small tiles make tiny test shapes cross code tiles.
 INTERPRET_TILE = (16, 32, 1, 1)
 
@@ -83,21 +78,17 @@ def _tile(config):
     return (config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"], config.num_warps, config.num_stages)
 
 
-def resident_elements(precision: str, arch: int) -> int:
-    return RESIDENT_ELEMENTS // 2 if precision == "tf32x3" and arch < 90 else RESIDENT_ELEMENTS
-
-
-def launchable_configs(configs, block_d: int, elem_size: int, precision: str, limit: int, arch: int):
+def launchable_configs(configs, block_d: int, elem_size: int, precision: str, limit: int):
     """The configs listed for the operand dtype whose resident residual and shared memory fit
-    rows of ``block_d`` on ``arch``; the fallback tile (fp32) or the last listed one when none does."""
+    rows of ``block_d``; the last listed tile when none does."""
     listed = FP32_TILES if elem_size == 4 else HALF_TILES
     kept = [
         c for c in configs
         if _tile(c) in listed
-        and c.kwargs["BLOCK_N"] * block_d <= resident_elements(precision, arch)
+        and c.kwargs["BLOCK_N"] * block_d <= RESIDENT_ELEMENTS
         and shared_memory_bytes(c, block_d, True, elem_size, precision) <= limit
     ]
-    return kept or [_config(FP32_FALLBACK_TILE if elem_size == 4 else listed[-1])]
+    return kept or [_config(listed[-1])]
 
 
 def _prune_configs(configs, named_args, **kwargs):
@@ -105,7 +96,7 @@ def _prune_configs(configs, named_args, **kwargs):
         return configs
     e = named_args["e_ptr"]
     return launchable_configs(configs, kwargs["BLOCK_D"], e.element_size(), kwargs["PRECISION"],
-                              shared_memory_limit(e.device), device_arch(e.device))
+                              shared_memory_limit(e.device))
 
 
 if HAS_TRITON:
