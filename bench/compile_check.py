@@ -304,16 +304,22 @@ _BRANCH = re.compile(r"\bbra(?:\.uni)?\s+(\$L__\w+);")
 _MMA = re.compile(r"\b(?:wgmma\.mma_async|mma\.sync)\b")
 _WAIT = re.compile(r"\b(?:wgmma\.wait_group|cp\.async\.wait_group|cp\.async\.wait_all|cp\.async\.bulk\.wait_group"
                    r"|mbarrier\.try_wait|bar\.sync|barrier\.sync)\b")
-_COPY = re.compile(r"\bcp\.async\b")
+#: A copy of operand data: an asynchronous copy, or a 16-byte global load (a code tile's rows
+#: read into registers; the loop's |e|² loads are at most 8 bytes per thread and instruction).
+_COPY = re.compile(r"\bcp\.async\b|\bld\.global[\w:.]*\.v4\.")
+_COPY_WAIT_DEPTH = re.compile(r"\bcp\.async\.wait_group\s+(\d+)")
 
 
 def loop_mix(ptx: str) -> dict:
     """The instruction mix of the outermost PTX loop that issues MMAs (the code-tile loop):
     ``loop_instrs`` PTX instructions per iteration, of which ``loop_mma`` tensor-core MMAs,
-    ``loop_waits`` waits (MMA completion, async-copy groups, barriers), ``loop_copies``
-    asynchronous copies, and ``loop_other`` the rest (the argmin epilogue and addressing, on
-    the CUDA cores); ``copy_first``: the next tile's copy is issued before the loop's first
-    wait (a deeper pipeline), not after it. Empty when no loop issues an MMA."""
+    ``loop_waits`` waits (MMA completion, async-copy groups, barriers), ``loop_copies`` copies
+    (asynchronous, or 16-byte loads into registers) and ``loop_other`` the rest (the argmin
+    epilogue and addressing, on the CUDA cores). Where the copies sit: ``copy_first``, a copy
+    is issued before the iteration's first MMA (it is in flight while this tile's MMA and
+    epilogue run); ``in_flight``, how many copy groups the loop's asynchronous-copy wait
+    leaves outstanding (``num_stages - 2`` for Triton's pipeliner; None without one). Empty
+    when no loop issues an MMA."""
     lines = [line.strip() for line in ptx.splitlines()]
     labels = {m.group(1): i for i, line in enumerate(lines) if (m := _LABEL.match(line))}
     loops = []
@@ -328,10 +334,11 @@ def loop_mix(ptx: str) -> dict:
     body = max(loops, key=len)
     kinds = ["mma" if _MMA.search(x) else "wait" if _WAIT.search(x) else "copy" if _COPY.search(x) else "other"
              for x in body]
-    first = {k: kinds.index(k) if k in kinds else len(kinds) for k in ("wait", "copy")}
+    first = {k: kinds.index(k) if k in kinds else len(kinds) for k in ("mma", "copy")}
+    depth = next((int(m.group(1)) for x in body if (m := _COPY_WAIT_DEPTH.search(x))), None)
     return {"loop_instrs": len(kinds), "loop_mma": kinds.count("mma"), "loop_waits": kinds.count("wait"),
             "loop_copies": kinds.count("copy"), "loop_other": kinds.count("other"),
-            "copy_first": first["copy"] < first["wait"]}
+            "copy_first": first["copy"] < first["mma"], "in_flight": depth}
 
 
 #: A PTX atomic or reduction with acquire/release ordering: a memory fence per element.
@@ -395,7 +402,7 @@ def compile_launch(job: tuple[int, Launch]) -> dict:
 
 def _config_text(kwargs: dict) -> str:
     names = ("BLOCK_N", "BLOCK_K", "BLOCK_L", "BLOCK_M", "BLOCK_D", "WORDS", "SINGLE_D", "CODE_GRAD", "PRECISION",
-             "BIASED")
+             "BIASED", "SCHEDULE")
     return " ".join(f"{n}={kwargs[n]}" for n in names if n in kwargs)
 
 
@@ -491,12 +498,15 @@ def table(records: list[dict], arch: int, limit: int, gaps: list[str], wall_s: f
         "Loop mix (nearest kernel; `loop_mix`): PTX instructions per iteration of the code-tile "
         "loop (the outermost loop issuing MMAs): `loop` in all, of which `mma` tensor-core MMAs, "
         "`wait` waits (MMA completion, async-copy groups, barriers), `copy` asynchronous copies and "
-        "`other` the rest (the argmin epilogue and addressing, on the CUDA cores); `copy 1st`: the "
-        "next tile's copy is issued before the iteration's first wait. `BIASED=1` is the short "
-        "epilogue.", "",
+        "`other` the rest (the argmin epilogue and addressing, on the CUDA cores); `copy<mma`: a "
+        "copy (asynchronous, or a 16-byte load into registers) is issued before the iteration's "
+        "first MMA, so it is in flight during this tile's MMA and epilogue; `in flight`: copy "
+        "groups the loop's asynchronous-copy wait leaves outstanding (Triton's pipeliner: stages "
+        "- 2). `BIASED=1` is the short epilogue, `SCHEDULE=1` the register prefetch of the next "
+        "code tile.", "",
         "| kernel | dtype | d | shape | config | warps | stages | regs | spill B | smem B | model B | mma "
-        "| loop | mma | wait | copy | other | copy 1st | compile s | problems |",
-        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---|",
+        "| loop | mma | wait | copy | other | copy<mma | in flight | compile s | problems |",
+        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     order = sorted(records, key=lambda r: (r["kernel"], r["mode"], r["d"], r["shape"], r["config"], r["num_warps"], r["num_stages"]))
     for r in order:
@@ -506,13 +516,17 @@ def table(records: list[dict], arch: int, limit: int, gaps: list[str], wall_s: f
             f"{r.get('regs', '')} | {r.get('spill', '')} | {r.get('smem', '')} | {r['model_smem'] or ''} | "
             f"{r.get('mma', '')} | {r.get('loop_instrs', '')} | {r.get('loop_mma', '')} | {r.get('loop_waits', '')} | "
             f"{r.get('loop_copies', '')} | {r.get('loop_other', '')} | {_yes_no(r.get('copy_first'))} | "
-            f"{r['compile_s']} | {why} |"
+            f"{_blank_if_none(r.get('in_flight'))} | {r['compile_s']} | {why} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def _yes_no(flag) -> str:
     return "" if flag is None else "yes" if flag else "no"
+
+
+def _blank_if_none(value) -> str:
+    return "" if value is None else str(value)
 
 
 def main(argv=None) -> int:
