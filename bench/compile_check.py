@@ -4,6 +4,9 @@ architecture, on a machine without a GPU, and check that each one can launch the
     python -m bench.compile_check --arch 90            # H100/H200; writes bench/results/compile-sm90.md
     python -m bench.compile_check --arch 80            # A100
     python -m bench.compile_check --arch 90 --subset ci --table /tmp/t.md   (what the test suite runs)
+    python -m bench.compile_check --arch 90 --families nearest --table /tmp/n.md   (one family)
+
+A table's ``## Notes`` section (hand-written, at its end) survives a rerun.
 
 How: the launchers in ``kernels/`` run for real on meta tensors while triton's launch
 entry points are replaced by recorders (``capture_launches``), so the recorded launches
@@ -251,7 +254,10 @@ def _deterministic(on: bool):
         torch.use_deterministic_algorithms(before)
 
 
-def plan(arch: int, subset: str) -> list[Launch]:
+FAMILIES = ("nearest", "rows", "relation", "residual", "softmax")
+
+
+def plan(arch: int, subset: str, families=FAMILIES) -> list[Launch]:
     """Every distinct launch of the selected (kernel family, dtype, d) cases."""
     if subset == "ci":
         cases = [("nearest", m, d) for m, dims in CI_NEAREST.items() for d in dims]
@@ -263,6 +269,7 @@ def plan(arch: int, subset: str) -> list[Launch]:
         cases += [("relation", m, d) for m in MODES for d in (300, 768)]
         cases += [("residual", m, d) for m in MODES for d in RESIDUAL_DIMS]
         cases += [("softmax", m, d) for m, dims in SOFTMAX_DIMS.items() for d in dims]
+    cases = [case for case in cases if case[0] in families]
     makers = {"nearest": _nearest_launches, "rows": _row_launches, "relation": _relation_launches,
               "residual": _residual_launches, "softmax": _softmax_launches}
     unique: dict[str, Launch] = {}
@@ -456,9 +463,9 @@ def cache_key(launch: Launch) -> str:
     return _kernel_function(launch.kernel).cache_key + " " + launch.key()
 
 
-def run(arch: int, subset: str, jobs: int, cache_dir: pathlib.Path) -> tuple[list[dict], int]:
+def run(arch: int, subset: str, jobs: int, cache_dir: pathlib.Path, families=FAMILIES) -> tuple[list[dict], int]:
     """The records of every planned launch, and how many had to be compiled now."""
-    launches = plan(arch, subset)
+    launches = plan(arch, subset, families)
     cache_dir.mkdir(parents=True, exist_ok=True)
     cache_file = cache_dir / f"sm{arch}-triton{triton.__version__}-v{CACHE_VERSION}.jsonl"
     cached = {}
@@ -484,11 +491,12 @@ def run(arch: int, subset: str, jobs: int, cache_dir: pathlib.Path) -> tuple[lis
 
 
 def table(records: list[dict], arch: int, limit: int, gaps: list[str], wall_s: float, compiled: int,
-          subset: str) -> str:
+          subset: str, families=FAMILIES) -> str:
     failing = [r for r in records if problems(r, limit)]
+    which = "" if set(families) == set(FAMILIES) else f", kernel families {', '.join(families)} only"
     lines = [
         f"# Compile gate, sm_{arch} (`python -m bench.compile_check --arch {arch}`)", "",
-        f"triton {triton.__version__} with its bundled ptxas, no GPU; subset `{subset}`; "
+        f"triton {triton.__version__} with its bundled ptxas, no GPU; subset `{subset}`{which}; "
         f"{len(records)} variants, {len(failing)} failing; resource-model gaps for d = 1..4096: "
         f"{len(gaps)}; this run compiled {compiled} of them in {wall_s:.0f} s (the rest came from its cache).", "",
         f"Limits: shared memory {limit} B per block; spills ≤ {SPILL_BOUND} B. `model` is "
@@ -521,6 +529,17 @@ def table(records: list[dict], arch: int, limit: int, gaps: list[str], wall_s: f
     return "\n".join(lines) + "\n"
 
 
+#: Where a table's hand-written notes begin; a rerun keeps everything from there on.
+NOTES_HEADING = "## Notes"
+
+
+def kept_notes(path: pathlib.Path) -> str:
+    """The notes section of the table already at ``path`` (empty if none), to append again."""
+    text = path.read_text() if path.exists() else ""
+    at = text.find("\n" + NOTES_HEADING)
+    return "" if at < 0 else text[at:]
+
+
 def _yes_no(flag) -> str:
     return "" if flag is None else "yes" if flag else "no"
 
@@ -535,6 +554,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, choices=(80, 90), default=90)
     parser.add_argument("--subset", choices=("full", "ci"), default="full")
+    parser.add_argument("--families", nargs="+", choices=FAMILIES, default=FAMILIES,
+                        help="kernel families to compile (default all; a partial run writes no table unless --table)")
     parser.add_argument("--jobs", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     parser.add_argument("--cache", type=pathlib.Path,
                         default=pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
@@ -546,12 +567,14 @@ def main(argv=None) -> int:
 
     start = time.time()
     limit = SHARED_MEMORY_LIMIT[args.arch]
-    records, compiled = run(args.arch, args.subset, args.jobs, args.cache)
+    records, compiled = run(args.arch, args.subset, args.jobs, args.cache, args.families)
     gaps = model_gaps(limit, args.arch)
     wall = time.time() - start
-    path = args.table or (ROOT / "bench" / "results" / f"compile-sm{args.arch}.md" if args.subset == "full" else None)
+    whole = args.subset == "full" and set(args.families) == set(FAMILIES)
+    path = args.table or (ROOT / "bench" / "results" / f"compile-sm{args.arch}.md" if whole else None)
     if path:
-        path.write_text(table(records, args.arch, limit, gaps, wall, compiled, args.subset))
+        path.write_text(table(records, args.arch, limit, gaps, wall, compiled, args.subset, args.families)
+                        + kept_notes(path))
     failing = [(r, problems(r, limit)) for r in records if problems(r, limit)]
     for rec, why in failing:
         print(f"FAIL {rec['kernel']} {rec['mode']} d={rec['d']} {rec['config']} "

@@ -107,6 +107,15 @@ $L__BB0_2:
 """
 
 
+def test_a_rerun_keeps_the_tables_notes(tmp_path):
+    path = tmp_path / "compile-sm90.md"
+    assert gate.kept_notes(path) == ""
+    path.write_text("# Compile gate\n\n| a |\n|---|\n| 1 |\n\n## Notes\n\nbefore/after\n")
+    assert gate.kept_notes(path) == "\n## Notes\n\nbefore/after\n"
+    path.write_text("# Compile gate\n\n| a |\n")
+    assert gate.kept_notes(path) == ""
+
+
 def test_loop_mix_counts_the_mma_loop_only():
     mix = gate.loop_mix(SYNTHETIC_PTX)
     assert mix == {"loop_instrs": 8, "loop_mma": 2, "loop_waits": 2, "loop_copies": 1, "loop_other": 3,
