@@ -9,7 +9,7 @@ import lgvq.experiment.checkpoint as checkpoint_mod
 from lgvq.experiment.checkpoint import latest_checkpoint, load_weights, save_checkpoint
 from lgvq.experiment.logger import read_log
 from lgvq.experiment.run import build_run
-from lgvq.experiment.train import train
+from lgvq.experiment.train import adam, make_optimizers, train
 
 from .conftest import tiny_config
 
@@ -90,3 +90,44 @@ def test_crash_mid_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     load_weights(latest_checkpoint(tmp_path), fresh.modules())
     for key, value in _weights(fresh).items():
         assert torch.equal(value, before[key]), key
+
+
+def _adam_steps(optimizer, params, grads):
+    for grad in grads:
+        for p, g in zip(params, grad):
+            p.grad = g.clone()
+        optimizer.step()
+
+
+def test_the_cpu_adam_is_fused_steps_like_torchs_default_and_resumes_an_unfused_state_unfused(tmp_path):
+    """make_optimizers' Adam is torch's fused kernel on the CPU, with the config's lr and betas,
+    and gives torch's default (single-tensor) Adam's updates to float rounding. A state_dict
+    the default Adam saved (a checkpoint from before the change) loads, and the resumed run
+    keeps the saved path: bit for bit the run that was never interrupted."""
+    run = build_run(tiny_config(tmp_path, "guidance.enabled=true", "optim.base_lr=0.01", "optim.betas=[0.6,0.7]"))
+    ae = make_optimizers(run)["ae"]
+    expected = [p for p in run.model.parameters() if p.requires_grad] + list(run.guidance.parameters())
+    assert ae.param_groups[0]["fused"] is True
+    assert ae.param_groups[0]["betas"] == (0.6, 0.7) and ae.param_groups[0]["lr"] == pytest.approx(0.01 * 4)
+    assert [id(p) for p in ae.param_groups[0]["params"]] == [id(p) for p in expected]
+    torch.manual_seed(0)
+    shapes = [(3, 5), (7,), (2, 3, 4)]
+    grads = [[torch.randn(s) for s in shapes] for _ in range(4)]
+    start = [torch.randn(s) for s in shapes]
+    lr, betas = ae.param_groups[0]["lr"], ae.param_groups[0]["betas"]
+
+    reference = [p.clone().requires_grad_() for p in start]
+    default = torch.optim.Adam(reference, lr=lr, betas=betas)
+    _adam_steps(default, reference, grads)
+    resumed = [p.clone().requires_grad_() for p in start]
+    first = torch.optim.Adam(resumed, lr=lr, betas=betas)
+    _adam_steps(first, resumed, grads[:2])
+    fused = adam(resumed, lr=lr, betas=betas)
+    fused.load_state_dict(first.state_dict())
+    assert fused.param_groups[0]["fused"] is None
+    _adam_steps(fused, resumed, grads[2:])
+    straight = [p.clone().requires_grad_() for p in start]
+    _adam_steps(adam(straight, lr=lr, betas=betas), straight, grads)
+    for ref, res, fus in zip(reference, resumed, straight):
+        assert torch.equal(res, ref)
+        torch.testing.assert_close(fus, ref, rtol=1e-6, atol=1e-6)
