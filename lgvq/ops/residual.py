@@ -173,7 +173,7 @@ def residual_search(x, codes, offsets, cos: bool, backend: str):
         return residual_search_staged(x, codes, offsets, cos, _search_stage_torch)
     from lgvq.kernels import residual as kernel
 
-    if kernel.fits_on_chip(x.shape[1]):
+    if kernel.fits_on_chip(x.shape[1], codes.dtype, x.device):
         return kernel.residual_search(x, codes, offsets, cos)
     return residual_search_staged(x, codes, offsets, cos, _search_stage_triton)
 

@@ -369,6 +369,31 @@ def test_triton_registered_op(device):
                                                  None, False, False, "triton"))
 
 
+@pytest.mark.triton
+@pytest.mark.parametrize("arch,precision,fused", [
+    (80, "highest", False),  # 3xTF32 on mma.sync: 128-wide fp32 rows spill on sm_80
+    (90, "highest", True),
+    (80, "high", True),      # plain TF32 holds no split operands
+])
+def test_wide_split_tf32_rows_go_stage_by_stage_before_sm90(monkeypatch, arch, precision, fused):
+    from lgvq.kernels import nearest, residual as kernel
+    from lgvq.ops import residual as op
+
+    monkeypatch.setattr(nearest, "DEFAULT_ARCH", arch)  # what device_arch reports off CUDA
+    paths = []
+    monkeypatch.setattr(kernel, "residual_search", lambda *args: paths.append("fused"))
+    monkeypatch.setattr(op, "residual_search_staged", lambda *args: paths.append("staged"))
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        op.residual_search(torch.zeros(2, 128), torch.zeros(3, 4, 128), torch.zeros(3, 4), False, "triton")
+        assert kernel.fits_on_chip(64, torch.float32) and kernel.fits_on_chip(128, torch.bfloat16)
+        assert not kernel.fits_on_chip(256, torch.bfloat16)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert paths == ["fused" if fused else "staged"]
+
+
 @pytest.mark.gpu
 @pytest.mark.triton
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
