@@ -176,6 +176,17 @@ def skipped(provider: str, note: str, flops: float | None = None) -> Row:
     return Row(provider, None, None, flops, note=note)
 
 
+def memory_skip_reason(device: torch.device, needs_bytes: int | None) -> str | None:
+    """Why a provider with a working set of ``needs_bytes`` is not run on the CPU (it would not
+    fit in the memory the system has available: the OOM killer would end the run), or None."""
+    if needs_bytes is None or device.type != "cpu":
+        return None
+    avail = available_memory(device)
+    if avail is None or needs_bytes <= 0.9 * avail:
+        return None
+    return f"skipped: needs ~{needs_bytes / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB available"
+
+
 def measure(provider: str, fn: Callable[[], object], device: torch.device, *, flops: float | None = None,
             warmup: int = 2, repeats: int = 5, budget_s: float | None = None, needs_bytes: int | None = None,
             note: str = "") -> Row:
@@ -186,11 +197,9 @@ def measure(provider: str, fn: Callable[[], object], device: torch.device, *, fl
     of the provider's working set: on CPU a provider that would not fit in the memory the
     system has available is skipped with a note instead of risking the OOM killer.
     """
-    if needs_bytes is not None and device.type == "cpu":
-        avail = available_memory(device)
-        if avail is not None and needs_bytes > 0.9 * avail:
-            return Row(provider, None, None, flops,
-                       note=f"skipped: needs ~{needs_bytes / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB available")
+    why = memory_skip_reason(device, needs_bytes)
+    if why is not None:
+        return Row(provider, None, None, flops, note=why)
     try:
         for _ in range(max(1, warmup)):
             fn()

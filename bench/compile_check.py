@@ -4,6 +4,9 @@ architecture, on a machine without a GPU, and check that each one can launch the
     python -m bench.compile_check --arch 90            # H100/H200; writes bench/results/compile-sm90.md
     python -m bench.compile_check --arch 80            # A100
     python -m bench.compile_check --arch 90 --subset ci --table /tmp/t.md   (what the test suite runs)
+    python -m bench.compile_check --arch 90 --families nearest --table /tmp/n.md   (one family)
+
+A table's ``## Notes`` section (hand-written, at its end) survives a rerun.
 
 How: the launchers in ``kernels/`` run for real on meta tensors while triton's launch
 entry points are replaced by recorders (``capture_launches``), so the recorded launches
@@ -229,9 +232,11 @@ def _softmax_launches(mode: str, d: int, label: dict):
 
 
 def _residual_launches(mode: str, d: int, label: dict):
-    from lgvq.kernels.residual import residual_search
+    from lgvq.kernels.residual import fits_on_chip, residual_search
 
     dtype = MODES[mode][0]
+    if not fits_on_chip(d, dtype):  # lgvq.ops.residual searches these stage by stage (nearest family)
+        return
     shapes = ((16384, 8, 1024), (16384, 32, 1024), (65536, 4, 16384)) if label["subset"] == "full" else ((16384, 8, 1024),)
     for n, stages, k in shapes:  # audio codecs (L = 8, 32), an image tokenizer
         x = torch.empty(n, d, device="meta", dtype=dtype)
@@ -251,7 +256,10 @@ def _deterministic(on: bool):
         torch.use_deterministic_algorithms(before)
 
 
-def plan(arch: int, subset: str) -> list[Launch]:
+FAMILIES = ("nearest", "rows", "relation", "residual", "softmax")
+
+
+def plan(arch: int, subset: str, families=FAMILIES) -> list[Launch]:
     """Every distinct launch of the selected (kernel family, dtype, d) cases."""
     if subset == "ci":
         cases = [("nearest", m, d) for m, dims in CI_NEAREST.items() for d in dims]
@@ -263,6 +271,7 @@ def plan(arch: int, subset: str) -> list[Launch]:
         cases += [("relation", m, d) for m in MODES for d in (300, 768)]
         cases += [("residual", m, d) for m in MODES for d in RESIDUAL_DIMS]
         cases += [("softmax", m, d) for m, dims in SOFTMAX_DIMS.items() for d in dims]
+    cases = [case for case in cases if case[0] in families]
     makers = {"nearest": _nearest_launches, "rows": _row_launches, "relation": _relation_launches,
               "residual": _residual_launches, "softmax": _softmax_launches}
     unique: dict[str, Launch] = {}
@@ -304,16 +313,22 @@ _BRANCH = re.compile(r"\bbra(?:\.uni)?\s+(\$L__\w+);")
 _MMA = re.compile(r"\b(?:wgmma\.mma_async|mma\.sync)\b")
 _WAIT = re.compile(r"\b(?:wgmma\.wait_group|cp\.async\.wait_group|cp\.async\.wait_all|cp\.async\.bulk\.wait_group"
                    r"|mbarrier\.try_wait|bar\.sync|barrier\.sync)\b")
-_COPY = re.compile(r"\bcp\.async\b")
+#: A copy of operand data: an asynchronous copy, or a 16-byte global load (a code tile's rows
+#: read into registers; the loop's |e|² loads are at most 8 bytes per thread and instruction).
+_COPY = re.compile(r"\bcp\.async\b|\bld\.global[\w:.]*\.v4\.")
+_COPY_WAIT_DEPTH = re.compile(r"\bcp\.async\.wait_group\s+(\d+)")
 
 
 def loop_mix(ptx: str) -> dict:
     """The instruction mix of the outermost PTX loop that issues MMAs (the code-tile loop):
     ``loop_instrs`` PTX instructions per iteration, of which ``loop_mma`` tensor-core MMAs,
-    ``loop_waits`` waits (MMA completion, async-copy groups, barriers), ``loop_copies``
-    asynchronous copies, and ``loop_other`` the rest (the argmin epilogue and addressing, on
-    the CUDA cores); ``copy_first``: the next tile's copy is issued before the loop's first
-    wait (a deeper pipeline), not after it. Empty when no loop issues an MMA."""
+    ``loop_waits`` waits (MMA completion, async-copy groups, barriers), ``loop_copies`` copies
+    (asynchronous, or 16-byte loads into registers) and ``loop_other`` the rest (the argmin
+    epilogue and addressing, on the CUDA cores). Where the copies sit: ``copy_first``, a copy
+    is issued before the iteration's first MMA (it is in flight while this tile's MMA and
+    epilogue run); ``in_flight``, how many copy groups the loop's asynchronous-copy wait
+    leaves outstanding (``num_stages - 2`` for Triton's pipeliner; None without one). Empty
+    when no loop issues an MMA."""
     lines = [line.strip() for line in ptx.splitlines()]
     labels = {m.group(1): i for i, line in enumerate(lines) if (m := _LABEL.match(line))}
     loops = []
@@ -328,10 +343,11 @@ def loop_mix(ptx: str) -> dict:
     body = max(loops, key=len)
     kinds = ["mma" if _MMA.search(x) else "wait" if _WAIT.search(x) else "copy" if _COPY.search(x) else "other"
              for x in body]
-    first = {k: kinds.index(k) if k in kinds else len(kinds) for k in ("wait", "copy")}
+    first = {k: kinds.index(k) if k in kinds else len(kinds) for k in ("mma", "copy")}
+    depth = next((int(m.group(1)) for x in body if (m := _COPY_WAIT_DEPTH.search(x))), None)
     return {"loop_instrs": len(kinds), "loop_mma": kinds.count("mma"), "loop_waits": kinds.count("wait"),
             "loop_copies": kinds.count("copy"), "loop_other": kinds.count("other"),
-            "copy_first": first["copy"] < first["wait"]}
+            "copy_first": first["copy"] < first["mma"], "in_flight": depth}
 
 
 #: A PTX atomic or reduction with acquire/release ordering: a memory fence per element.
@@ -395,7 +411,7 @@ def compile_launch(job: tuple[int, Launch]) -> dict:
 
 def _config_text(kwargs: dict) -> str:
     names = ("BLOCK_N", "BLOCK_K", "BLOCK_L", "BLOCK_M", "BLOCK_D", "WORDS", "SINGLE_D", "CODE_GRAD", "PRECISION",
-             "BIASED")
+             "BIASED", "SCHEDULE")
     return " ".join(f"{n}={kwargs[n]}" for n in names if n in kwargs)
 
 
@@ -449,9 +465,9 @@ def cache_key(launch: Launch) -> str:
     return _kernel_function(launch.kernel).cache_key + " " + launch.key()
 
 
-def run(arch: int, subset: str, jobs: int, cache_dir: pathlib.Path) -> tuple[list[dict], int]:
+def run(arch: int, subset: str, jobs: int, cache_dir: pathlib.Path, families=FAMILIES) -> tuple[list[dict], int]:
     """The records of every planned launch, and how many had to be compiled now."""
-    launches = plan(arch, subset)
+    launches = plan(arch, subset, families)
     cache_dir.mkdir(parents=True, exist_ok=True)
     cache_file = cache_dir / f"sm{arch}-triton{triton.__version__}-v{CACHE_VERSION}.jsonl"
     cached = {}
@@ -477,11 +493,12 @@ def run(arch: int, subset: str, jobs: int, cache_dir: pathlib.Path) -> tuple[lis
 
 
 def table(records: list[dict], arch: int, limit: int, gaps: list[str], wall_s: float, compiled: int,
-          subset: str) -> str:
+          subset: str, families=FAMILIES) -> str:
     failing = [r for r in records if problems(r, limit)]
+    which = "" if set(families) == set(FAMILIES) else f", kernel families {', '.join(families)} only"
     lines = [
         f"# Compile gate, sm_{arch} (`python -m bench.compile_check --arch {arch}`)", "",
-        f"triton {triton.__version__} with its bundled ptxas, no GPU; subset `{subset}`; "
+        f"triton {triton.__version__} with its bundled ptxas, no GPU; subset `{subset}`{which}; "
         f"{len(records)} variants, {len(failing)} failing; resource-model gaps for d = 1..4096: "
         f"{len(gaps)}; this run compiled {compiled} of them in {wall_s:.0f} s (the rest came from its cache).", "",
         f"Limits: shared memory {limit} B per block; spills ≤ {SPILL_BOUND} B. `model` is "
@@ -491,12 +508,15 @@ def table(records: list[dict], arch: int, limit: int, gaps: list[str], wall_s: f
         "Loop mix (nearest kernel; `loop_mix`): PTX instructions per iteration of the code-tile "
         "loop (the outermost loop issuing MMAs): `loop` in all, of which `mma` tensor-core MMAs, "
         "`wait` waits (MMA completion, async-copy groups, barriers), `copy` asynchronous copies and "
-        "`other` the rest (the argmin epilogue and addressing, on the CUDA cores); `copy 1st`: the "
-        "next tile's copy is issued before the iteration's first wait. `BIASED=1` is the short "
-        "epilogue.", "",
+        "`other` the rest (the argmin epilogue and addressing, on the CUDA cores); `copy<mma`: a "
+        "copy (asynchronous, or a 16-byte load into registers) is issued before the iteration's "
+        "first MMA, so it is in flight during this tile's MMA and epilogue; `in flight`: copy "
+        "groups the loop's asynchronous-copy wait leaves outstanding (Triton's pipeliner: stages "
+        "- 2). `BIASED=1` is the short epilogue, `SCHEDULE=1` the register prefetch of the next "
+        "code tile.", "",
         "| kernel | dtype | d | shape | config | warps | stages | regs | spill B | smem B | model B | mma "
-        "| loop | mma | wait | copy | other | copy 1st | compile s | problems |",
-        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---|",
+        "| loop | mma | wait | copy | other | copy<mma | in flight | compile s | problems |",
+        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     order = sorted(records, key=lambda r: (r["kernel"], r["mode"], r["d"], r["shape"], r["config"], r["num_warps"], r["num_stages"]))
     for r in order:
@@ -506,13 +526,28 @@ def table(records: list[dict], arch: int, limit: int, gaps: list[str], wall_s: f
             f"{r.get('regs', '')} | {r.get('spill', '')} | {r.get('smem', '')} | {r['model_smem'] or ''} | "
             f"{r.get('mma', '')} | {r.get('loop_instrs', '')} | {r.get('loop_mma', '')} | {r.get('loop_waits', '')} | "
             f"{r.get('loop_copies', '')} | {r.get('loop_other', '')} | {_yes_no(r.get('copy_first'))} | "
-            f"{r['compile_s']} | {why} |"
+            f"{_blank_if_none(r.get('in_flight'))} | {r['compile_s']} | {why} |"
         )
     return "\n".join(lines) + "\n"
 
 
+#: Where a table's hand-written notes begin; a rerun keeps everything from there on.
+NOTES_HEADING = "## Notes"
+
+
+def kept_notes(path: pathlib.Path) -> str:
+    """The notes section of the table already at ``path`` (empty if none), to append again."""
+    text = path.read_text() if path.exists() else ""
+    at = text.find("\n" + NOTES_HEADING)
+    return "" if at < 0 else text[at:]
+
+
 def _yes_no(flag) -> str:
     return "" if flag is None else "yes" if flag else "no"
+
+
+def _blank_if_none(value) -> str:
+    return "" if value is None else str(value)
 
 
 def main(argv=None) -> int:
@@ -521,6 +556,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, choices=(80, 90), default=90)
     parser.add_argument("--subset", choices=("full", "ci"), default="full")
+    parser.add_argument("--families", nargs="+", choices=FAMILIES, default=FAMILIES,
+                        help="kernel families to compile (default all; a partial run writes no table unless --table)")
     parser.add_argument("--jobs", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     parser.add_argument("--cache", type=pathlib.Path,
                         default=pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
@@ -532,12 +569,14 @@ def main(argv=None) -> int:
 
     start = time.time()
     limit = SHARED_MEMORY_LIMIT[args.arch]
-    records, compiled = run(args.arch, args.subset, args.jobs, args.cache)
+    records, compiled = run(args.arch, args.subset, args.jobs, args.cache, args.families)
     gaps = model_gaps(limit, args.arch)
     wall = time.time() - start
-    path = args.table or (ROOT / "bench" / "results" / f"compile-sm{args.arch}.md" if args.subset == "full" else None)
+    whole = args.subset == "full" and set(args.families) == set(FAMILIES)
+    path = args.table or (ROOT / "bench" / "results" / f"compile-sm{args.arch}.md" if whole else None)
     if path:
-        path.write_text(table(records, args.arch, limit, gaps, wall, compiled, args.subset))
+        path.write_text(table(records, args.arch, limit, gaps, wall, compiled, args.subset, args.families)
+                        + kept_notes(path))
     failing = [(r, problems(r, limit)) for r in records if problems(r, limit)]
     for rec, why in failing:
         print(f"FAIL {rec['kernel']} {rec['mode']} d={rec['d']} {rec['config']} "

@@ -17,7 +17,8 @@ interrupted (SIGINT, so pytest still writes its junit xml), then killed.
 2. ``overflow``: N·d ≥ 2^31 (own process: an illegal address would end only it).
 3. ``pytest_gpu``: every gpu-marked test, 4 workers (junit xml ``pytest_gpu.xml``).
 4. ``sweep``: triton vs torch at the headline shapes (``sweep.jsonl``, one JSON object per
-   measurement): nearest at K = 2^18, d = 256/64/1024 in bf16, fp32 "highest" (3xTF32) and
+   measurement): nearest at the headline N = 65,536, K = 16,384, d = 256 in bf16, then at
+   K = 2^18, d = 256/64/1024 in bf16, fp32 "highest" (3xTF32) and
    fp32 "high" (TF32) — index agreement, the chosen code's exact fp64 excess against
    ``argmin_tolerance``, run-to-run equality, the config the autotuner picked, its time against
    the bare matmul and first-call seconds; vector_quantize forward + backward against torch
@@ -283,35 +284,40 @@ class Sweep:
         from lgvq.ops import nearest_code
 
         torch = self.torch
-        n, k = (40, 100) if self.dry else (8192, 2**18)
+        sweep_n, sweep_k = (40, 100) if self.dry else (8192, 2**18)
         # The dry run uses fp16 for bf16: triton 3.9's interpreter computes bf16 tl.dot wrongly.
         half = torch.float16 if self.dry else torch.bfloat16
         modes = {"bf16": (half, "highest"), "fp32-highest": (torch.float32, "highest"),
                  "fp32-high": (torch.float32, "high")}
-        for d in ((20,) if self.dry else (256, 64, 1024)):  # the headline d first
-            for mode, (dtype, precision) in modes.items():
-                def body(rec, d=d, dtype=dtype, precision=precision):
-                    torch.set_float32_matmul_precision(precision)
-                    x, e = self.randn(n, d, dtype=dtype, seed=1), self.randn(k, d, dtype=dtype, seed=2)
-                    self.sync()
-                    t0 = time.perf_counter()
-                    idx, dist = nearest_code(x, e, backend="triton")
-                    self.sync()
-                    rec["first_call_s"] = round(time.perf_counter() - t0, 2)
-                    # What the autotuner picked, and every candidate's time in its last search
-                    # (plain vs short epilogue, tile sizes): the sweep runs one search at a time.
-                    tuner = knear._nearest_kernel
-                    rec["config"] = str(getattr(tuner, "best_config", None))
-                    rec["candidates_ms"] = {str(c): t for c, t in (getattr(tuner, "configs_timings", None) or {}).items()}
-                    ref_idx, _ = nearest_code(x, e, backend="torch")
-                    rec["agree_vs_torch"] = (idx == ref_idx).float().mean().item()
-                    again = nearest_code(x, e, backend="triton")
-                    rec["deterministic"] = bool(torch.equal(again[0], idx) and torch.equal(again[1], dist))
-                    rec.update(self.exactness(x, e, idx, knear, dtype))
-                    rec["triton_ms"] = self.ms(lambda: nearest_code(x, e, backend="triton"))
-                    rec["matmul_ms"] = self.ms(lambda: x @ e.t())
-                    rec["triton_vs_matmul"] = rec["triton_ms"] / rec["matmul_ms"]
-                self.guarded(dict(section="nearest", n=n, k=k, d=d, mode=mode), body)
+        # First the headline search (its candidates' loops are in bench/results/compile-sm90.md:
+        # which one wins, and how close to the bare matmul), then K = 2^18 (the headline d first).
+        cases = [((64, 96, 24) if self.dry else (HEADLINE["n"], HEADLINE["k"], HEADLINE["d"])) + ("bf16",)]
+        cases += [(sweep_n, sweep_k, d, mode) for d in ((20,) if self.dry else (256, 64, 1024)) for mode in modes]
+        for n, k, d, mode in cases:
+            dtype, precision = modes[mode]
+            def body(rec, n=n, k=k, d=d, dtype=dtype, precision=precision):
+                torch.set_float32_matmul_precision(precision)
+                x, e = self.randn(n, d, dtype=dtype, seed=1), self.randn(k, d, dtype=dtype, seed=2)
+                self.sync()
+                t0 = time.perf_counter()
+                idx, dist = nearest_code(x, e, backend="triton")
+                self.sync()
+                rec["first_call_s"] = round(time.perf_counter() - t0, 2)
+                # What the autotuner picked, and every candidate's time in its last search
+                # (tile sizes, plain vs short epilogue, pipelined vs prefetch schedule): the sweep
+                # runs one search at a time.
+                tuner = knear._nearest_kernel
+                rec["config"] = str(getattr(tuner, "best_config", None))
+                rec["candidates_ms"] = {str(c): t for c, t in (getattr(tuner, "configs_timings", None) or {}).items()}
+                ref_idx, _ = nearest_code(x, e, backend="torch")
+                rec["agree_vs_torch"] = (idx == ref_idx).float().mean().item()
+                again = nearest_code(x, e, backend="triton")
+                rec["deterministic"] = bool(torch.equal(again[0], idx) and torch.equal(again[1], dist))
+                rec.update(self.exactness(x, e, idx, knear, dtype))
+                rec["triton_ms"] = self.ms(lambda: nearest_code(x, e, backend="triton"))
+                rec["matmul_ms"] = self.ms(lambda: x @ e.t())
+                rec["triton_vs_matmul"] = rec["triton_ms"] / rec["matmul_ms"]
+            self.guarded(dict(section="nearest", n=n, k=k, d=d, mode=mode), body)
 
     def exactness(self, x, e, idx, knear, dtype, rows=256):
         """The chosen codes' excess over the exact fp64 optimum on a row sample, against the

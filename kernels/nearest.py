@@ -27,8 +27,10 @@ its own launch ran with.
 
 Two loop shapes (``SINGLE_D``): when a padded row takes at most ``MAX_SINGLE_D_BYTES``
 (fp32 d ≤ 128, fp16/bf16 d ≤ 256), the x tile is loaded once and stays in shared memory
-for every code tile, and the code loop is the software-pipelined one. Wider rows are cut
-into ``TILED_BLOCK_D`` slices and the d loop is the pipelined one; its prologue restarts
+for every code tile, and the code loop is the software-pipelined one (``SCHEDULE`` 0) or
+prefetches the next code tile into registers before each tile's MMA (``SCHEDULE`` 1).
+Wider rows are cut into ``TILED_BLOCK_D`` slices and the d loop is the pipelined one (the
+prune keeps ``SCHEDULE`` 0 only); its prologue restarts
 for every code tile, amortised over at least 4 (fp32) or 5 (16-bit) d steps. The argmin
 epilogue runs on the CUDA cores after each tile's dot; the compile gate reports each
 variant's loop instruction mix (MMAs, waits, copies, the rest).
@@ -66,51 +68,58 @@ DEFAULT_ARCH = 90
 #: Codebook splits aim at this many resident programs per SM.
 PROGRAMS_PER_SM = 2
 
-#: (BLOCK_N, BLOCK_K, num_warps, num_stages, BIASED). BLOCK_N ≥ 64 with 4 or 8 warps lets
-#: Triton emit wgmma on Hopper for bf16/fp16 and tf32; the prune keeps the ones that fit.
-#: BIASED = 1 is the short epilogue (see the kernel), offered beside the plain one for the
-#: large tiles, where the epilogue is the larger share of the loop; the autotuner picks.
+#: (BLOCK_N, BLOCK_K, num_warps, num_stages, BIASED, SCHEDULE). BLOCK_N ≥ 64 with 4 or 8
+#: warps lets Triton emit wgmma on Hopper for bf16/fp16 and tf32; the prune keeps the ones
+#: that fit. BIASED = 1 is the short epilogue (see the kernel), offered beside the plain one
+#: for the large tiles, where the epilogue is the larger share of the loop. Two deeper
+#: pipelines for the resident-row loop (``search_resident_rows``) are offered beside the
+#: 2-stage 128×128 tile, whose copies never overlap its MMA or epilogue: 64-wide code tiles in
+#: 4 stages (three copies in flight at the wait; a 128×128 tile cannot take 3 stages at
+#: d = 256), and SCHEDULE = 1, the next 128×128 tile prefetched into registers before the
+#: current one's MMA. The autotuner picks; the compile gate shows each one's loop.
 GPU_TILES = [
-    (128, 128, 8, 3, 0),
-    (128, 128, 8, 2, 0),
-    (128, 64, 4, 3, 0),
-    (64, 128, 4, 3, 0),
-    (256, 64, 8, 3, 0),
-    (64, 64, 4, 4, 0),
-    (64, 64, 4, 2, 0),
-    (128, 128, 8, 3, 1),
-    (128, 128, 8, 2, 1),
-    (128, 64, 4, 3, 1),
+    (128, 128, 8, 3, 0, 0),
+    (128, 128, 8, 2, 0, 0),
+    (128, 64, 4, 3, 0, 0),
+    (64, 128, 4, 3, 0, 0),
+    (256, 64, 8, 3, 0, 0),
+    (64, 64, 4, 4, 0, 0),
+    (64, 64, 4, 2, 0, 0),
+    (128, 128, 8, 3, 1, 0),
+    (128, 128, 8, 2, 1, 0),
+    (128, 64, 4, 3, 1, 0),
+    (128, 64, 8, 4, 1, 0),
+    (128, 128, 8, 1, 1, 1),
 ]
 #: 3xTF32 holds hi and lo parts of the operands in registers: at most 32 accumulators per
 #: thread (BLOCK_N·BLOCK_K / threads), or the tiled loop spills (ptxas, sm_90).
 TF32X3_TILES = [
-    (128, 64, 8, 3, 0),
-    (64, 128, 8, 3, 0),
-    (64, 64, 4, 4, 0),
-    (64, 64, 4, 2, 0),
-    (128, 64, 8, 3, 1),
+    (128, 64, 8, 3, 0, 0),
+    (64, 128, 8, 3, 0, 0),
+    (64, 64, 4, 4, 0, 0),
+    (64, 64, 4, 2, 0, 0),
+    (128, 64, 8, 3, 1, 0),
 ]
 #: mma.sync (before sm_90) keeps the 3xTF32 operand fragments in registers too: 32-wide code
 #: tiles (16 accumulators per thread) stay within 255 registers on sm_80, 64-wide ones spill
 #: 250-12,000 B even with 8 warps (ptxas).
 TF32X3_MMA_SYNC_TILES = [
-    (128, 32, 8, 3, 0),
-    (64, 32, 4, 3, 0),
-    (64, 32, 4, 2, 0),
+    (128, 32, 8, 3, 0, 0),
+    (64, 32, 4, 3, 0, 0),
+    (64, 32, 4, 2, 0, 0),
 ]
 #: Used only when no tile above fits: the smallest operand tiles, within every limit
 #: above for any d (the tiled loop bounds BLOCK_D).
-FALLBACK = (32, 32, 4, 2, 0)
+FALLBACK = (32, 32, 4, 2, 0, 0)
 #: The interpreter is slow: one small config, no tuning; small tiles make tiny test
 #: shapes cross several code tiles.
-INTERPRET_TILE = (16, 32, 1, 1, 0)
+INTERPRET_TILE = (16, 32, 1, 1, 0, 0)
 
 
 def _config(tile):
-    block_n, block_k, warps, stages, biased = tile
-    return triton.Config({"BLOCK_N": block_n, "BLOCK_K": block_k, "BIASED": biased}, num_warps=warps,
-                         num_stages=stages)
+    block_n, block_k, warps, stages, biased, schedule = tile
+    return triton.Config({"BLOCK_N": block_n, "BLOCK_K": block_k, "BIASED": biased, "SCHEDULE": schedule},
+                         num_warps=warps, num_stages=stages)
 
 
 def tiles_for(precision: str, arch: int):
@@ -188,7 +197,7 @@ def _cuda_arch(index: int) -> int:
 
 def _tile(config):
     return (config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"], config.num_warps, config.num_stages,
-            config.kwargs["BIASED"])
+            config.kwargs["BIASED"], config.kwargs["SCHEDULE"])
 
 
 def launchable_configs(configs, d: int, elem_size: int, precision: str, limit: int, arch: int):
@@ -198,7 +207,8 @@ def launchable_configs(configs, d: int, elem_size: int, precision: str, limit: i
     listed = set(tiles_for(precision, arch))
     kept = [
         c for c in configs
-        if _tile(c) in listed and shared_memory_bytes(c, block_d, single_d, elem_size, precision) <= limit
+        if _tile(c) in listed and (single_d or not c.kwargs["SCHEDULE"])  # the d loop has one schedule
+        and shared_memory_bytes(c, block_d, single_d, elem_size, precision) <= limit
     ]
     return kept or [_config(FALLBACK)]
 
@@ -265,23 +275,52 @@ if HAS_TRITON:
         return codes, codes < k_end, e_ptr + codes.to(tl.int64)[:, None] * stride_e
 
     @triton.jit
+    def load_code_tile(k0, k_end, e_ptr, stride_e, D, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+        """The codes [k0, k0 + BLOCK_K) whole (BLOCK_K, BLOCK_D); rows past ``k_end`` and
+        columns past D read as zeros."""
+        dims = tl.arange(0, BLOCK_D)
+        _, code_ok, e_rows = code_tile(k0, k_end, e_ptr, stride_e, BLOCK_K)
+        return tl.load(e_rows + dims[None, :], mask=code_ok[:, None] & (dims[None, :] < D), other=0.0)
+
+    @triton.jit
+    def fold_resident_tile(x_tile, e_tile, enorm_ptr, k0, k_end, best, best_idx,
+                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+                           BIASED: tl.constexpr):
+        """One code tile's dots against the resident rows, folded into the running best."""
+        codes = k0 + tl.arange(0, BLOCK_K)
+        code_ok = codes < k_end
+        acc = start_code_tile(codes, code_ok, enorm_ptr, BLOCK_N, BLOCK_K, BIASED)
+        acc = tl.dot(x_tile, tl.trans(e_tile), acc, input_precision=PRECISION)
+        return fold_code_tile(acc, codes, code_ok, enorm_ptr, k0, best, best_idx, BIASED)
+
+    @triton.jit
     def search_resident_rows(
         x_tile, e_ptr, enorm_ptr, k_begin, k_end, D, stride_e,
         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
-        BIASED: tl.constexpr,
+        BIASED: tl.constexpr, SCHEDULE: tl.constexpr = 0,
     ):
         """(best, index) over codes [k_begin, k_end) for a row tile held whole on chip
-        (BLOCK_N, BLOCK_D), streaming the codes in BLOCK_K tiles (the software-pipelined loop).
-        best is the min score (plain) or max of -score/2 (BIASED). Shared by the nearest kernel
-        and the fused residual kernel."""
-        dims = tl.arange(0, BLOCK_D)
+        (BLOCK_N, BLOCK_D), streaming the codes in BLOCK_K tiles. best is the min score (plain)
+        or max of -score/2 (BIASED). Shared by the nearest kernel and the fused residual kernel.
+
+        SCHEDULE 0: Triton's software pipeliner, ``num_stages`` code-tile buffers; it issues
+        tile i + stages - 1's copy after tile i's epilogue and waits for tile i at the top,
+        so with 2 stages no copy is in flight while a tile's MMA and epilogue run. SCHEDULE
+        1 (prefetch): tile i + 1 is loaded into registers at the top of iteration i, before
+        tile i's MMA and epilogue, which hide its latency; one shared-memory code buffer."""
         best, best_idx = initial_best(BLOCK_N, BIASED)
-        for k0 in range(k_begin, k_end, BLOCK_K):
-            codes, code_ok, e_rows = code_tile(k0, k_end, e_ptr, stride_e, BLOCK_K)
-            e_tile = tl.load(e_rows + dims[None, :], mask=code_ok[:, None] & (dims[None, :] < D), other=0.0)
-            acc = start_code_tile(codes, code_ok, enorm_ptr, BLOCK_N, BLOCK_K, BIASED)
-            acc = tl.dot(x_tile, tl.trans(e_tile), acc, input_precision=PRECISION)
-            best, best_idx = fold_code_tile(acc, codes, code_ok, enorm_ptr, k0, best, best_idx, BIASED)
+        if SCHEDULE == 1:
+            e_next = load_code_tile(k_begin, k_end, e_ptr, stride_e, D, BLOCK_K, BLOCK_D)
+            for k0 in tl.range(k_begin, k_end, BLOCK_K, num_stages=1):
+                e_tile = e_next
+                e_next = load_code_tile(k0 + BLOCK_K, k_end, e_ptr, stride_e, D, BLOCK_K, BLOCK_D)
+                best, best_idx = fold_resident_tile(x_tile, e_tile, enorm_ptr, k0, k_end, best, best_idx,
+                                                    BLOCK_N, BLOCK_K, PRECISION, BIASED)
+        else:
+            for k0 in range(k_begin, k_end, BLOCK_K):
+                e_tile = load_code_tile(k0, k_end, e_ptr, stride_e, D, BLOCK_K, BLOCK_D)
+                best, best_idx = fold_resident_tile(x_tile, e_tile, enorm_ptr, k0, k_end, best, best_idx,
+                                                    BLOCK_N, BLOCK_K, PRECISION, BIASED)
         return best, best_idx
 
     @triton.autotune(
@@ -295,7 +334,7 @@ if HAS_TRITON:
         N, K, D, N_BUCKET,
         stride_x, stride_e,
         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-        SINGLE_D: tl.constexpr, PRECISION: tl.constexpr, BIASED: tl.constexpr,
+        SINGLE_D: tl.constexpr, PRECISION: tl.constexpr, BIASED: tl.constexpr, SCHEDULE: tl.constexpr,
     ):
         pid_n = tl.program_id(0)
         split = tl.program_id(1)
@@ -316,7 +355,7 @@ if HAS_TRITON:
             x_tile = tl.load(x_rows + dims[None, :], mask=row_ok[:, None] & (dims[None, :] < D), other=0.0)
             best, best_idx = search_resident_rows(
                 x_tile, e_ptr, enorm_ptr, k_begin, k_end, D, stride_e, BLOCK_N, BLOCK_K, BLOCK_D, PRECISION,
-                BIASED,
+                BIASED, SCHEDULE,
             )
         else:
             best, best_idx = initial_best(BLOCK_N, BIASED)

@@ -12,8 +12,10 @@ never goes back to memory between stages; the codebooks are read once per progra
 The codebook is not split across programs (unlike the nearest kernel): stage l + 1 needs
 stage l's argmin of the same row, so a split would need a grid-wide reduction per stage.
 Rows wider than ``MAX_RESIDENT_D`` do not fit on chip (the residual takes BLOCK_N·BLOCK_D
-fp32 registers); ``fits_on_chip`` tells ``lgvq.ops.residual`` to search those stage by stage
-with the nearest kernel instead.
+fp32 registers), nor, for fp32 codes with 3xTF32 products before sm_90, rows wider than
+``MAX_RESIDENT_D_SPLIT_SYNC`` (there the split operands of ``mma.sync`` live in registers
+too); ``fits_on_chip`` tells ``lgvq.ops.residual`` to search those stage by stage with the
+nearest kernel instead.
 
 Resources: the residual costs ``BLOCK_N·BLOCK_D / (32·num_warps)`` registers per thread, so
 configs are pruned to at most ``RESIDENT_ELEMENTS`` elements per program, then by shared
@@ -27,7 +29,7 @@ from __future__ import annotations
 import torch
 
 from . import HAS_TRITON, INTERPRET, fp32_dot_precision
-from .nearest import n_bucket, shared_memory_bytes, shared_memory_limit
+from .nearest import device_arch, n_bucket, shared_memory_bytes, shared_memory_limit
 
 if HAS_TRITON:
     import triton
@@ -38,6 +40,10 @@ if HAS_TRITON:
 #: Widest row (elements, after rounding up to a power of two) held on chip: at d = 256 every
 #: config spills on sm_90 (the residual, the operand copy of x_l and the dot's accumulators).
 MAX_RESIDENT_D = 128
+#: The same for fp32 codes with 3xTF32 products before sm_90 (``mma.sync``: the big and small
+#: halves of both operands sit in registers beside the residual). At d = 128 every config
+#: spilled 1.1-1.5 KB on sm_80, and a 32-row tile still 0.8-0.9 KB.
+MAX_RESIDENT_D_SPLIT_SYNC = 64
 #: BLOCK_N·BLOCK_D of the resident residual: 32 fp32 registers per thread with 8 warps.
 RESIDENT_ELEMENTS = 8192
 #: (BLOCK_N, BLOCK_K, num_warps, num_stages) for fp32 operands (TF32 and 3xTF32: the split
@@ -61,8 +67,10 @@ def block_d_for(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
 
 
-def fits_on_chip(d: int) -> bool:
-    return block_d_for(d) <= MAX_RESIDENT_D
+def fits_on_chip(d: int, dtype: torch.dtype, device: torch.device | None = None) -> bool:
+    """Whether rows of d elements of ``dtype`` codes stay on chip on ``device``'s arch."""
+    split_sync = dtype == torch.float32 and fp32_dot_precision() == "tf32x3" and device_arch(device) < 90
+    return block_d_for(d) <= (MAX_RESIDENT_D_SPLIT_SYNC if split_sync else MAX_RESIDENT_D)
 
 
 def _config(tile):
@@ -149,7 +157,7 @@ def residual_search(
     x: torch.Tensor, codes: torch.Tensor, offsets: torch.Tensor, cos: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the fused search over x (N, D) and codebooks (L, K, D) of one dtype
-    (``fits_on_chip(D)`` must hold; a stage stride of 0 shares one codebook).
+    (``fits_on_chip(D, codes.dtype, x.device)`` must hold; a stage stride of 0 shares one codebook).
 
     ``offsets`` (L, K) is what each stage's score adds per code (|e|^2, zeros for unit codes).
     Returns (x - r_L in x's dtype, indices (N, L) int64, squared errors (N, L) fp32).

@@ -18,9 +18,9 @@ training
     r_{l+1} = r_l − (f·q_l + (1 − f)·sg(q_l))      (f = quant_grad_frac, 0 by default)
 
 What changes is the work: the L stages are one call of the fused ``lgvq.ops.residual_quantize``
-(no (N, K) distance matrix at any stage; in training without a mask or ``quant_grad_frac`` its
-autograd is the whole forward and backward, otherwise it picks the codes and the face applies the
-rules above stage by stage), and each stage's statistics are ``code_counts_and_sums`` (no (N, K)
+(no (N, K) distance matrix at any stage; in training without ``quant_grad_frac`` its autograd
+is the whole forward and backward, a mask included, otherwise it picks the codes and the face
+applies the rules above stage by stage), and each stage's statistics are ``code_counts_and_sums`` (no (N, K)
 one-hot).
 
 Options: ``num_quantizers``, ``codebook_size`` (an int, or one per stage), ``codebook_dim``,
@@ -66,7 +66,7 @@ def residual_indices(z: torch.Tensor, codebooks, metric: str, backend: str = "au
 
     The one place the stages are searched: the fused ``residual_quantize`` (all stages in one
     pass, no (N, K) matrix) when the stages have one codebook size, else ``nearest_code`` stage
-    by stage. Used where the face applies vqp's per-stage rules itself (evaluation, masks,
+    by stage. Used where the face applies vqp's per-stage rules itself (evaluation,
     ``quant_grad_frac``), so only the indices are taken."""
     if len({book.shape[0] for book in codebooks}) == 1:
         with torch.no_grad():
@@ -237,8 +237,8 @@ class ResidualVQ(nn.Module):
         stages = self._stages_this_step(rand_quantize_dropout_fixed_seed, x.device)
         layers = self.layers[:stages]
         self._kmeans_init_stages(layers, z.detach().float(), rows_mask)
-        if self.training and mask is None and self.quant_grad_frac == 0 and len(set(self.codebook_sizes)) == 1:
-            quantized, idx, losses, stage_vectors = self._fused_stages(z, layers, frozen=freeze_codebook)
+        if self.training and self.quant_grad_frac == 0 and len(set(self.codebook_sizes)) == 1:
+            quantized, idx, losses, stage_vectors = self._fused_stages(z, layers, mask, frozen=freeze_codebook)
         else:
             metric = layers[0]._codebook.metric
             idx = residual_indices(z.detach().float(), [layer.codebook.detach() for layer in layers], metric,
@@ -263,16 +263,18 @@ class ResidualVQ(nn.Module):
         out = (quantized, indices, losses)
         return (*out, self.get_codes_from_indices(indices)) if return_all_codes else out
 
-    def _fused_stages(self, z: torch.Tensor, layers, *, frozen: bool):
-        """Training without a mask or ``quant_grad_frac``: all stages in the one differentiable op,
-        whose value, losses and gradients are then vqp's (q_l, loss_l and r_{l+1} = r_l − sg q_l).
-        Returns Σ q_l, indices (M, S), the weighted losses (S,) and the stages' inputs (lazily
-        replayed from the indices, for the codebook updates)."""
+    def _fused_stages(self, z: torch.Tensor, layers, mask, *, frozen: bool):
+        """Training without ``quant_grad_frac``: all stages in the one differentiable op, whose
+        value, losses and gradients are then vqp's (q_l, loss_l and r_{l+1} = r_l − sg q_l; padded
+        rows give 0, count in no loss and get no gradient). Returns Σ q_l, indices (M, S), the
+        weighted losses (S,) and the stages' inputs (lazily replayed from the indices, for the
+        codebook updates, which leave the padded rows out)."""
         first = layers[0]
         learns = first.learnable_codebook and not frozen
         codebooks = torch.stack([layer.codebook if learns else layer.codebook.detach() for layer in layers])
         metric = first._codebook.metric
         quantized, idx, losses = residual_quantize(z, codebooks, metric=metric, rotation_trick=first.rotation_trick,
+                                                   mask=None if mask is None else mask.reshape(-1),
                                                    backend=self.backend)
         vectors = stage_inputs(z.detach().float(), codebooks.detach(), idx, metric=metric)
         return quantized, idx, losses * first.commitment_weight, vectors

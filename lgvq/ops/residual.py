@@ -18,6 +18,12 @@ The op returns
   before ``commitment_weight`` (with a learnable codebook vqp does not detach q_l either; with
   EMA codebooks the codebooks simply do not require grad).
 
+With a ``mask`` (True = a real row, False = padding; vqp's ``ResidualVQ(mask=...)``) a padded
+row is still searched (its indices are returned, for the caller to replace) but its ``quantized``
+is 0, it adds nothing to the losses, whose mean runs over the kept rows only
+(loss_l = Σ_kept |x_l - q_l|² / max(1, kept·d)), and it receives no gradient nor gives any to the
+codebooks. In vqp a padded row's residual stays x; that changes only its own (discarded) indices.
+
 Every stage searches the codebooks as they were passed in. In vqp that holds when no codebook
 changes between the stages of one forward: separate codebooks (stage l's EMA update and
 dead-code expiry touch only codebook l, after its search) and a shared codebook with EMA (vqp
@@ -128,14 +134,18 @@ def for_row_blocks(n: int, device: torch.device, block, scratch=None) -> list:
     rows off the CPU). On the CPU the blocks go to ``run_blocks``' single-threaded workers: no
     OpenMP region per small op, which on a loaded machine waits for a descheduled thread at
     every op (a (16384, 128) gather took 28 ms on 2 threads at load ~20, 0.7 ms on one).
+    Blocks run without autograd: the op's gradients are explicit, and grad mode is per thread,
+    so a worker would otherwise record every block's intermediates of an x that requires grad
+    (the (N, d) outputs written block by block then held them all: 170 MiB at N = 16,384, L = 8).
     ``scratch()`` makes one accumulator per worker; the list of them is returned."""
     size = ROW_BLOCK if device.type == "cpu" else max(n, 1)
     partials, lock = [], threading.Lock()
 
     def work(blocks) -> None:
         own = scratch() if scratch is not None else None
-        for b in blocks:
-            block(slice(b * size, min(n, (b + 1) * size)), own)
+        with torch.no_grad():
+            for b in blocks:
+                block(slice(b * size, min(n, (b + 1) * size)), own)
         with lock:
             partials.append(own)
 
@@ -163,7 +173,7 @@ def residual_search(x, codes, offsets, cos: bool, backend: str):
         return residual_search_staged(x, codes, offsets, cos, _search_stage_torch)
     from lgvq.kernels import residual as kernel
 
-    if kernel.fits_on_chip(x.shape[1]):
+    if kernel.fits_on_chip(x.shape[1], codes.dtype, x.device):
         return kernel.residual_search(x, codes, offsets, cos)
     return residual_search_staged(x, codes, offsets, cos, _search_stage_triton)
 
@@ -204,23 +214,36 @@ def rotation_vjp(x_l: torch.Tensor, q: torch.Tensor, grad: torch.Tensor) -> torc
     return (q_norm / x_norm) * (grad - 2 * dot(grad, w) * w + 2 * dot(grad, v) * u)
 
 
-def residual_backward_torch(x, codes, indices, grad_quantized, grad_losses, cos: bool, rotation: bool, code_grad: bool):
+def loss_denominator(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | float:
+    """What a stage's summed squared error is divided by: N·d, or max(1, kept rows · d)."""
+    if mask is None:
+        return float(x.numel())
+    return (mask.sum() * x.shape[1]).clamp_min(1)
+
+
+def residual_backward_torch(x, codes, indices, mask, grad_quantized, grad_losses, cos: bool, rotation: bool,
+                            code_grad: bool):
     """(grad_x, grad_codes) of the op, stage by stage on blocks of rows (see the module docstring).
 
-    Stage l's input gets S_l(g) from ``quantized`` plus 2·grad_loss_l·(x_l - q_l)/(N d) from its
-    loss; codebook l gets -2·grad_loss_l·(x_l - q_l)/(N d) at the chosen codes (summed over the
-    workers' own buffers).
+    Stage l's input gets S_l(g) from ``quantized`` plus 2·grad_loss_l·(x_l - q_l)/D from its
+    loss (D = ``loss_denominator``); codebook l gets -2·grad_loss_l·(x_l - q_l)/D at the chosen
+    codes (summed over the workers' own buffers). Padded rows (``mask`` False) take and give none.
     """
     n, d = x.shape
     acc = _accumulate_dtype(x, codes)
-    loss_scale = grad_losses.to(acc) * (2.0 / (n * d))
+    loss_scale = grad_losses.to(acc) * 2.0 / loss_denominator(x, mask)
     grad_x = torch.empty((n, d), device=x.device, dtype=x.dtype)
 
     def block(rows: slice, grad_codes) -> None:
         grad_q = grad_quantized[rows].to(acc)
+        kept = None if mask is None else mask[rows, None].to(acc)
+        if kept is not None:
+            grad_q = grad_q * kept
         grad_rows = torch.zeros_like(grad_q)
         for stage, r, x_l, q in _walk_stages(x[rows], codes, indices[rows], cos):
             err = (x_l - q) * loss_scale[stage]
+            if kept is not None:
+                err *= kept
             through = rotation_vjp(x_l, q, grad_q) if rotation else grad_q
             grad_rows += normalize_vjp(r, through + err) if cos else through + err
             if code_grad:
@@ -238,15 +261,15 @@ def residual_backward_torch(x, codes, indices, grad_quantized, grad_losses, cos:
 
 @torch.library.custom_op("lgvq::residual_backward", mutates_args=())
 def residual_backward_op(
-    x: torch.Tensor, codes: torch.Tensor, indices: torch.Tensor, grad_quantized: torch.Tensor,
-    grad_losses: torch.Tensor, cos: bool, rotation: bool, code_grad: bool,
+    x: torch.Tensor, codes: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor | None,
+    grad_quantized: torch.Tensor, grad_losses: torch.Tensor, cos: bool, rotation: bool, code_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The backward of both forward ops; grad_codes is empty (0,) unless ``code_grad``."""
-    return residual_backward_torch(x, codes, indices, grad_quantized, grad_losses, cos, rotation, code_grad)
+    return residual_backward_torch(x, codes, indices, mask, grad_quantized, grad_losses, cos, rotation, code_grad)
 
 
 @residual_backward_op.register_fake
-def _residual_backward_fake(x, codes, indices, grad_quantized, grad_losses, cos, rotation, code_grad):
+def _residual_backward_fake(x, codes, indices, mask, grad_quantized, grad_losses, cos, rotation, code_grad):
     grad_codes = codes.new_empty(codes.shape) if code_grad else x.new_empty(0)
     return torch.empty_like(x, memory_format=torch.contiguous_format), grad_codes
 
@@ -256,18 +279,24 @@ def _residual_backward_fake(x, codes, indices, grad_quantized, grad_losses, cos,
 
 @torch.library.custom_op("lgvq::residual_quantize", mutates_args=())
 def residual_quantize_op(
-    x: torch.Tensor, codes: torch.Tensor, offsets: torch.Tensor, cos: bool, rotation: bool, backend: str
+    x: torch.Tensor, codes: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor | None, cos: bool,
+    rotation: bool, backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Differentiable op over flat x (N, d): (Σ q_l, indices (N, L), losses (L,) fp32).
 
     One registered op for both backends (the stage and tile loops, or the kernel launch, stay
-    out of compiled graphs); ``residual_backward_op`` is its backward."""
+    out of compiled graphs); ``residual_backward_op`` is its backward. Padded rows are zeroed
+    after the search (the kernel searches every row)."""
     quantized, indices, sqerr = residual_search(x, codes, offsets, cos, backend)
-    return quantized, indices, (sqerr.sum(dim=0) / x.numel()).to(torch.promote_types(x.dtype, torch.float32))
+    if mask is not None:
+        quantized.masked_fill_(~mask[:, None], 0)
+        sqerr.masked_fill_(~mask[:, None], 0)
+    losses = sqerr.sum(dim=0) / loss_denominator(x, mask)
+    return quantized, indices, losses.to(torch.promote_types(x.dtype, torch.float32))
 
 
 @residual_quantize_op.register_fake
-def _residual_quantize_fake(x, codes, offsets, cos, rotation, backend):
+def _residual_quantize_fake(x, codes, offsets, mask, cos, rotation, backend):
     n, num_stages = x.shape[0], codes.shape[0]
     return (
         torch.empty_like(x, memory_format=torch.contiguous_format),
@@ -277,18 +306,18 @@ def _residual_quantize_fake(x, codes, offsets, cos, rotation, backend):
 
 
 def _save_for_backward(ctx, inputs, output):
-    x, codes, _offsets, cos, rotation, _backend = inputs
-    ctx.save_for_backward(x, codes, output[1])
+    x, codes, _offsets, mask, cos, rotation, _backend = inputs
+    ctx.save_for_backward(x, codes, output[1], mask)
     ctx.cos, ctx.rotation = cos, rotation
 
 
 def _backward(ctx, grad_quantized, _grad_indices, grad_losses):
-    x, codes, indices = ctx.saved_tensors
+    x, codes, indices, mask = ctx.saved_tensors
     code_grad = ctx.needs_input_grad[1]
     grad_x, grad_codes = residual_backward_op(
-        x, codes, indices, grad_quantized, grad_losses, ctx.cos, ctx.rotation, code_grad
+        x, codes, indices, mask, grad_quantized, grad_losses, ctx.cos, ctx.rotation, code_grad
     )
-    return grad_x, (grad_codes if code_grad else None), None, None, None, None
+    return grad_x, (grad_codes if code_grad else None), None, None, None, None, None
 
 
 residual_quantize_op.register_autograd(_backward, setup_context=_save_for_backward)
@@ -315,6 +344,7 @@ def residual_quantize(
     num_stages: int | None = None,
     metric: str = "l2",
     rotation_trick: bool = False,
+    mask: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Quantize x (..., d) through L residual stages (the module docstring has the math).
@@ -325,6 +355,8 @@ def residual_quantize(
         metric: ``"l2"`` or ``"cos"`` (every stage's residual and all codes L2-normalised).
         rotation_trick: gradient to each stage's input through vqp's rotation trick instead of
             the straight-through identity (the forward value is the same).
+        mask: optional bool (...) of x's leading shape, False for padded rows: those quantize to
+            0, count in no loss and get no gradient (their indices are still the search's).
         backend: ``"auto"`` | ``"triton"`` | ``"torch"``.
 
     Returns:
@@ -336,11 +368,16 @@ def residual_quantize(
     backend = resolve_backend(backend, x, codes)
     if backend == "triton" and torch.float64 in (x.dtype, codes.dtype):
         raise TypeError("float64 inputs are supported by backend='torch' only")
+    if mask is not None:
+        check_tensor("mask", mask, dtypes=(torch.bool,), finite=False)
+        if mask.shape != x.shape[:-1]:
+            raise ValueError(f"mask must have x's leading shape {tuple(x.shape[:-1])}, got {tuple(mask.shape)}")
+        mask = mask.reshape(-1)
     offsets = _stage_offsets(codes, cos)
     if backend == "triton":  # one operand dtype for tl.dot
         dtype = torch.promote_types(x.dtype, codes.dtype)
         flat, codes = flat.to(dtype), codes.to(dtype)
-    quantized, indices, losses = residual_quantize_op(flat, codes, offsets, cos, rotation_trick, backend)
+    quantized, indices, losses = residual_quantize_op(flat, codes, offsets, mask, cos, rotation_trick, backend)
     return quantized.view(x.shape), indices.view(*x.shape[:-1], codes.shape[0]), losses
 
 

@@ -62,6 +62,20 @@ def test_residual_bench_runs_small_shape(monkeypatch):
     assert "lgvq torch" in table and "vector-quantize-pytorch" in table and "indices as eager's" not in table
 
 
+def test_residual_bench_skips_dense_providers_that_cannot_fit(monkeypatch):
+    """Too little memory for the dense stages: eager, vqp and torch.compile become rows that say
+    so, and the compile (whose warm-up would run the dense graph) is not even attempted."""
+    import bench.common as common
+    import bench.residual as residual_bench
+
+    monkeypatch.setitem(residual_bench.SHAPES, "tiny", (256, 3, 64, 16, "l2"))
+    monkeypatch.setattr(common, "available_memory", lambda device: 2**16)
+    monkeypatch.setattr(residual_bench, "compiled_or_note", lambda *a: pytest.fail("compiled a graph that cannot fit"))
+    table = residual_bench.run_shape("tiny", CPU, repeats=3, budget_s=1.0, compile_timeout=1.0,
+                                     providers={"eager", "compile", "torch", "vqp"})
+    assert table.count("skipped: needs") == 3 and "lgvq torch | " in table
+
+
 def test_benchmark_nearest_code_torch_cpu(benchmark):
     x, codebook = torch.randn(2048, 64), torch.randn(512, 64)
     idx, _ = benchmark.pedantic(nearest_code, args=(x, codebook), kwargs={"backend": "torch"}, rounds=5,

@@ -76,7 +76,12 @@ def test_compile_gate_sm90_ci_subset(tmp_path):
     assert "| wgmma |" in text
     # the nearest rows carry their loop mix, for both epilogues
     for biased in (0, 1):
-        assert re.search(rf"\| _nearest_kernel \|.* BIASED={biased} \|.*\| wgmma \| \d+ \| \d+ \| \d+ \| \d+ \| \d+ \| (yes|no) \|", text)
+        assert re.search(rf"\| _nearest_kernel \|.* BIASED={biased} SCHEDULE=0 \|.*\| wgmma \| \d+ \| \d+ \| \d+ \| \d+ \| \d+ \| (yes|no) \| \d* \|", text)
+    # the deeper pipelines of the headline bf16 d = 256: the register prefetch issues the next
+    # tile's copy before the MMA; the 4-stage 128×64 tile waits with two copy groups in flight
+    loop = r"\| wgmma \| \d+ \| \d+ \| \d+ \| \d+ \| \d+ \| {} \| {} \|"
+    assert re.search(r"\| _nearest_kernel \| bf16 \| 256 \|.* SCHEDULE=1 \|.*" + loop.format("yes", ""), text)
+    assert re.search(r"\| _nearest_kernel \| bf16 \| 256 \|.*BLOCK_K=64 .* \| 8 \| 4 \|.*" + loop.format("no", "2"), text)
 
 
 SYNTHETIC_PTX = """
@@ -102,10 +107,28 @@ $L__BB0_2:
 """
 
 
+def test_a_rerun_keeps_the_tables_notes(tmp_path):
+    path = tmp_path / "compile-sm90.md"
+    assert gate.kept_notes(path) == ""
+    path.write_text("# Compile gate\n\n| a |\n|---|\n| 1 |\n\n## Notes\n\nbefore/after\n")
+    assert gate.kept_notes(path) == "\n## Notes\n\nbefore/after\n"
+    path.write_text("# Compile gate\n\n| a |\n")
+    assert gate.kept_notes(path) == ""
+
+
 def test_loop_mix_counts_the_mma_loop_only():
     mix = gate.loop_mix(SYNTHETIC_PTX)
     assert mix == {"loop_instrs": 8, "loop_mma": 2, "loop_waits": 2, "loop_copies": 1, "loop_other": 3,
-                   "copy_first": False}
-    copy_first = SYNTHETIC_PTX.replace("$L__BB0_1:\n", "$L__BB0_1:\n\tcp.async.cg.shared.global [%r4], [%rd3], 16;\n")
+                   "copy_first": False, "in_flight": None}
+    top = "$L__BB0_1:\n"
+    copy_first = SYNTHETIC_PTX.replace(top, top + "\tcp.async.cg.shared.global [%r4], [%rd3], 16;\n")
     assert gate.loop_mix(copy_first)["copy_first"] is True
+    # a prefetch into registers: a 16-byte global load before the MMA (an 8-byte |e|² load is not one)
+    prefetch = SYNTHETIC_PTX.replace(top, top + "\t@%p5 ld.global.v4.b32 { %r6, %r7, %r8, %r9 }, [ %rd4 + 0 ];\n")
+    assert gate.loop_mix(prefetch)["copy_first"] is True
+    norms = SYNTHETIC_PTX.replace(top, top + "\t@%p5 ld.global.v2.b32 { %r6, %r7 }, [ %rd4 + 0 ];\n")
+    assert gate.loop_mix(norms)["copy_first"] is False and gate.loop_mix(norms)["loop_copies"] == 1
+    # a 4-stage pipeline waits with two copy groups still in flight
+    deep = SYNTHETIC_PTX.replace(top, top + "\tcp.async.wait_group 2;\n")
+    assert gate.loop_mix(deep)["in_flight"] == 2 and gate.loop_mix(deep)["loop_waits"] == 3
     assert gate.loop_mix(SYNTHETIC_PTX.replace("wgmma.mma_async", "fma.rn")) == {}

@@ -108,4 +108,7 @@ def test_dry_check_runs_end_to_end_in_the_emulated_image(tmp_path):
     measured = [r for r in records if "stage" not in r]
     assert {r["section"] for r in measured} == {"nearest", "quantize", "collapsed", "overflow"}
     nearest = [r for r in measured if r["section"] == "nearest"]
-    assert len(nearest) == 3 and all(r["within_tolerance"] and r["agree_vs_torch"] == 1.0 for r in nearest)
+    assert len(nearest) == 4 and all(r["within_tolerance"] and r["agree_vs_torch"] == 1.0 for r in nearest)
+    # the headline search first, with the candidate the autotuner picked and its time against the matmul
+    assert (nearest[0]["mode"], nearest[0]["d"]) == ("bf16", 24)
+    assert all("SCHEDULE" in r["config"] and "triton_vs_matmul" in r for r in nearest)

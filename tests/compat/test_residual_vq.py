@@ -173,8 +173,9 @@ def test_the_stages_are_one_fused_op(monkeypatch):
     rvq = ResidualVQ(dim=6, num_quantizers=4, codebook_size=12, use_cosine_sim=True)
     x = torch.randn(2, 5, 6, requires_grad=True)
     rvq.train()(x)
+    rvq.train()(x, mask=torch.arange(5) < torch.tensor([[5], [3]]))  # padded sequences too
     rvq.eval()(x)
-    assert calls == [((10, 6), (4, 12, 6), "cos", True), ((10, 6), (4, 12, 6), "cos", False)]
+    assert calls == [((10, 6), (4, 12, 6), "cos", True)] * 2 + [((10, 6), (4, 12, 6), "cos", False)]
 
 
 @pytest.mark.parametrize(

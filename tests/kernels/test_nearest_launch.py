@@ -21,7 +21,7 @@ def test_reduction_uses_the_launch_own_split_count(monkeypatch):
     reduction must still cover every split this launch wrote."""
     monkeypatch.setattr(nearest, "_sm_count_of", lambda device: 4)  # automatic splits on the CPU
     tuner = nearest._nearest_kernel
-    other = nearest._config((64, 64, 4, 2, 0))
+    other = nearest._config((64, 64, 4, 2, 0, 0))
     launch = tuner.run
 
     def launch_then_another_search_finishes(*args, **kwargs):
@@ -57,14 +57,18 @@ def test_16_bit_tolerance_counts_tensor_core_truncation(dtype):
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("biased", [0, 1])
-@pytest.mark.parametrize("n,k,d,splits", [(1, 5, 3, 1), (37, 70, 20, 1), (37, 70, 40, 3), (20, 33, 8, 4)])
-def test_both_epilogues_find_the_nearest_code(monkeypatch, biased, n, k, d, splits):
+@pytest.mark.parametrize("biased,schedule", [(0, 0), (1, 0), (0, 1), (1, 1)])
+@pytest.mark.parametrize("n,k,d,splits", [(1, 5, 3, 1), (37, 70, 20, 1), (37, 70, 40, 3), (20, 33, 8, 4),
+                                          (5, 100, 300, 1)])
+def test_every_epilogue_and_schedule_finds_the_nearest_code(monkeypatch, biased, schedule, n, k, d, splits):
     """The plain (min of |e|² - 2x·e) and the short (max of x·e - |e|²/2, from a biased
-    accumulator) epilogues: K not a multiple of the tile, empty trailing splits, one row,
-    and ties (duplicated codes resolve to the lowest index)."""
+    accumulator) epilogues, under the pipelined and the register-prefetch schedule: K not a
+    multiple of the tile (the prefetch past the last tile reads nothing), empty trailing
+    splits, one row, d not a power of two, a d wide enough for the tiled loop (300, where the
+    schedule does not apply), and ties (duplicated codes resolve to the lowest index)."""
     tuner = nearest._nearest_kernel
-    monkeypatch.setattr(tuner, "configs", [nearest._config(nearest.INTERPRET_TILE[:4] + (biased,))])
+    tile = nearest.INTERPRET_TILE[:4] + (biased, schedule)
+    monkeypatch.setattr(tuner, "configs", [nearest._config(tile)])
     monkeypatch.setattr(tuner, "cache", {})
     gen = torch.Generator().manual_seed(n + k + d)
     x, e = torch.randn(n, d, generator=gen), torch.randn(k, d, generator=gen)

@@ -58,7 +58,7 @@ def test_paper_shape_d256_keeps_wgmma_sized_configs_on_hopper(elem, precision):
 
 
 def test_model_counts_the_x_tile_once_and_code_tiles_per_stage():
-    cfg = nearest._config((64, 128, 4, 3, 0))
+    cfg = nearest._config((64, 128, 4, 3, 0, 0))
     # bf16 d=256, x held whole: 64·256·2 once + 3 · 128·256·2, plus 64 rows · 4 warps · 8 B.
     assert nearest.shared_memory_bytes(cfg, 256, True, 2, "ieee") == 32768 + 3 * 65536 + 2048
     # tiled: both tiles per stage
@@ -101,10 +101,29 @@ def test_3xtf32_before_hopper_uses_tiles_with_16_accumulators_per_thread():
     assert any(c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] // (32 * c.num_warps) == 32 for c in kept(64, 4, "tf32x3"))
 
 
-def test_short_epilogue_is_offered_beside_the_plain_one():
-    """Every biased (short-epilogue) tile has its plain twin listed too: nothing the autotuner
-    could pick before is gone."""
+def test_new_candidates_are_offered_beside_the_baseline():
+    """Every short-epilogue or prefetch tile has a baseline twin of the same BLOCK_N × BLOCK_K
+    (plain epilogue, pipelined schedule) listed too: nothing the autotuner could pick before
+    is gone; the new ones are there."""
     for tiles in (nearest.GPU_TILES, nearest.TF32X3_TILES):
+        baseline = {tile[:2] for tile in tiles if tile[4:] == (0, 0)}
         for tile in tiles:
-            assert tile[:4] + (0,) in tiles
+            assert tile[:2] in baseline, tile
         assert any(tile[4] for tile in tiles)
+    assert any(tile[5] == 1 for tile in nearest.GPU_TILES)
+    assert any(tile[3] >= 4 and tile[:2] == (128, 64) for tile in nearest.GPU_TILES)
+
+
+@pytest.mark.parametrize("d,elem,precision", [(256, 2, "ieee"), (128, 4, "tf32"), (304, 2, "ieee"), (1024, 4, "tf32")])
+def test_prefetch_is_kept_for_resident_rows_only(d, elem, precision):
+    """The prefetch schedule is a variant of the resident-row loop; the tiled d loop ignores
+    it, so offering it there would only compile a duplicate of the pipelined config."""
+    _, single_d = nearest.block_d_for(d, elem)
+    schedules = {c.kwargs["SCHEDULE"] for c in kept(d, elem, precision)}
+    assert schedules == ({0, 1} if single_d else {0})
+
+
+def test_prefetch_model_counts_one_code_buffer():
+    """bf16 d = 256, 128×128 prefetch: x and one code tile (64 KiB each), not two code tiles."""
+    cfg = nearest._config((128, 128, 8, 1, 1, 1))
+    assert nearest.shared_memory_bytes(cfg, 256, True, 2, "ieee") == 2 * 65536 + 128 * 8 * 8

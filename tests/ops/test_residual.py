@@ -95,6 +95,77 @@ def test_row_blocks_do_not_change_the_result(monkeypatch, metric):
     assert torch.equal(counts, whole[0]) and torch.allclose(sums, whole[1], atol=1e-5)
 
 
+@pytest.mark.parametrize("metric", ["l2", "cos"])
+def test_backward_saves_x_codebooks_and_indices_only(metric):
+    """What autograd keeps per row is x and the (N, L) indices: the backward replays the stages
+    from them, so no per-stage residual, code or distance is saved (N = 600 rows > L·K codes,
+    so a per-row (N, d) tensor per stage would exceed the bound)."""
+    n, num_stages = 600, 4
+    x, codebooks = _inputs(n, num_stages, 50, 12)
+    x.requires_grad_()
+    codebooks.requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        residual_quantize(x, codebooks, metric=metric, backend="torch")
+    storages = {t.untyped_storage().data_ptr(): (t.shape[0] == n, t.untyped_storage().nbytes()) for t in saved}
+    per_row = sum(size for rows, size in storages.values() if rows)
+    per_code = sum(size for rows, size in storages.values() if not rows)
+    assert per_row <= x.nbytes + n * num_stages * 8
+    assert per_code <= 4 * codebooks.nbytes  # the codebooks (and for cosine their normalisation's)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cos"])
+def test_cpu_workers_record_no_autograd_graph(monkeypatch, metric):
+    """Grad mode is per thread: the torch path's row blocks run on pool workers, which must not
+    record their intermediates for an x and codebooks that require grad (the outputs, written
+    block by block, then held every block's graph: 170 MiB at N = 16,384, L = 8, K = 1,024)."""
+    import lgvq.ops.residual as residual_mod
+
+    monkeypatch.setattr(residual_mod, "ROW_BLOCK", 5)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x, codebooks = _inputs(23, 3, 9, 5)
+        x.requires_grad_()
+        codebooks.requires_grad_()
+        cos = metric == "cos"
+        codes = F.normalize(codebooks, dim=-1) if cos else codebooks
+        offsets = residual_mod._stage_offsets(codes, cos)
+        outputs = residual_mod.residual_search_staged(x, codes, offsets, cos, residual_mod._search_stage_torch)
+        outputs += residual_mod.residual_backward_torch(x, codes, outputs[1], None, torch.randn(23, 5, requires_grad=True),
+                                                        torch.ones(3, requires_grad=True), cos, True, True)
+        outputs += residual_code_statistics(x, codebooks, outputs[1], metric=metric, backend="torch")
+    finally:
+        torch.set_num_threads(threads)
+    assert not any(t.requires_grad for t in outputs)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.triton)])
+@pytest.mark.parametrize("rotation", [False, True])
+@pytest.mark.parametrize("metric", ["l2", "cos"])
+def test_mask_is_the_kept_rows_alone(metric, rotation, backend):
+    """Rows are independent: with a mask, the kept rows' values, indices, losses (means over kept
+    rows only) and gradients are the oracle's on the kept rows alone; padded rows quantize to 0
+    and get no gradient, and give the codebooks none."""
+    x, codebooks = _inputs(19, 3, 13, 6)
+    upstream, weights = torch.randn(19, 6), torch.tensor([1.0, 0.5, 2.0])
+    mask = torch.rand(19) > 0.4
+    mask[0], mask[1] = True, False  # both kinds present
+    got = run(lambda x, c: residual_quantize(x, c, metric=metric, rotation_trick=rotation, mask=mask, backend=backend),
+              x, codebooks, upstream, weights)
+    want = run(lambda x, c: eager_oracle(x, c, metric, rotation), x[mask], codebooks, upstream[mask], weights)
+    quantized, indices, losses, grad_x, grad_codebooks = got
+    assert_same((quantized[mask], indices[mask], losses, grad_x[mask], grad_codebooks), want)
+    assert not quantized[~mask].any() and not grad_x[~mask].any()
+
+
+def test_mask_with_no_kept_row_gives_zero_losses():
+    """The loss denominator is floored at 1 (vqp's masked mean), not 0/0."""
+    x, codebooks = _inputs(4, 2, 5, 3)
+    quantized, _, losses = residual_quantize(x, codebooks, mask=torch.zeros(4, dtype=torch.bool), backend="torch")
+    assert torch.equal(losses, torch.zeros(2)) and not quantized.any()
+
+
 def test_l2_straight_through_gradient_is_L_times_upstream():
     """Every stage passes the output gradient to x once: L stages, L times (vqp's behaviour)."""
     x = torch.randn(6, 5, requires_grad=True)
@@ -218,14 +289,16 @@ def test_makes_no_host_sync():
     assert count_syncs(step) == []
 
 
+@pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("code_grad", [True, False])
-def test_registered_ops(code_grad):
+def test_registered_ops(code_grad, masked):
     x, codebooks = _inputs(13, 3, 10, 6)
     offsets = codebooks.pow(2).sum(-1)
+    mask = torch.arange(13) % 3 > 0 if masked else None
     torch.library.opcheck(residual_quantize_op, (x.requires_grad_(), codebooks.requires_grad_(code_grad), offsets,
-                                                 False, True, "torch"))
-    _, indices, _ = residual_quantize_op(x.detach(), codebooks.detach(), offsets, False, True, "torch")
-    args = (x.detach(), codebooks.detach(), indices, torch.randn(13, 6), torch.ones(3), True, True, code_grad)
+                                                 mask, False, True, "torch"))
+    _, indices, _ = residual_quantize_op(x.detach(), codebooks.detach(), offsets, mask, False, True, "torch")
+    args = (x.detach(), codebooks.detach(), indices, mask, torch.randn(13, 6), torch.ones(3), True, True, code_grad)
     torch.library.opcheck(residual_backward_op, args)
 
 
@@ -239,6 +312,9 @@ def test_registered_ops(code_grad):
         (lambda: residual_quantize(torch.randn(3, 4), torch.randn(2, 5, 4), metric="dot"), "metric"),
         (lambda: residual_code_statistics(torch.randn(3, 4), torch.randn(2, 5, 4), torch.zeros(3, 3).long()),
          "indices must have shape"),
+        (lambda: residual_quantize(torch.randn(3, 4), torch.randn(2, 5, 4), mask=torch.ones(4, dtype=torch.bool)),
+         "mask must have x's leading shape"),
+        (lambda: residual_quantize(torch.randn(3, 4), torch.randn(2, 5, 4), mask=torch.ones(3)), "mask"),
     ],
 )
 def test_rejects_bad_input(call, message):
@@ -290,7 +366,32 @@ def test_triton_ties_pick_lowest_index(device):
 def test_triton_registered_op(device):
     x, codebooks = (t.to(device) for t in _inputs(13, 3, 40, 6))
     torch.library.opcheck(residual_quantize_op, (x.requires_grad_(), codebooks, codebooks.pow(2).sum(-1),
-                                                 False, False, "triton"))
+                                                 None, False, False, "triton"))
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("arch,precision,fused", [
+    (80, "highest", False),  # 3xTF32 on mma.sync: 128-wide fp32 rows spill on sm_80
+    (90, "highest", True),
+    (80, "high", True),      # plain TF32 holds no split operands
+])
+def test_wide_split_tf32_rows_go_stage_by_stage_before_sm90(monkeypatch, arch, precision, fused):
+    from lgvq.kernels import nearest, residual as kernel
+    from lgvq.ops import residual as op
+
+    monkeypatch.setattr(nearest, "DEFAULT_ARCH", arch)  # what device_arch reports off CUDA
+    paths = []
+    monkeypatch.setattr(kernel, "residual_search", lambda *args: paths.append("fused"))
+    monkeypatch.setattr(op, "residual_search_staged", lambda *args: paths.append("staged"))
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        op.residual_search(torch.zeros(2, 128), torch.zeros(3, 4, 128), torch.zeros(3, 4), False, "triton")
+        assert kernel.fits_on_chip(64, torch.float32) and kernel.fits_on_chip(128, torch.bfloat16)
+        assert not kernel.fits_on_chip(256, torch.bfloat16)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert paths == ["fused" if fused else "staged"]
 
 
 @pytest.mark.gpu
