@@ -87,6 +87,7 @@ def test_bad_image_and_codes_fail_clearly(run_dir, tmp_path, capsys):
     assert "must lie in [0, 256)" in capsys.readouterr().err
 
 
+@pytest.mark.minilm  # the task reads the captions with the default encoder
 def test_task_runs_on_a_trained_model(run_dir, capsys):
     assert main(["task", "vqa", str(run_dir), "--steps", "2"]) == 0
     assert "accuracy" in capsys.readouterr().out
@@ -190,6 +191,7 @@ def test_eval_with_a_split_the_format_lacks_names_the_allowed_ones(folder_run, c
     )
 
 
+@pytest.mark.minilm  # the task reads the captions with the default encoder
 def test_text_to_image_without_fid_saves_its_samples_and_says_they_are_unscored(folder_run, tmp_path, capsys):
     samples, metrics = tmp_path / "t2i.png", tmp_path / "t2i.json"
     assert main(["task", "text-to-image", str(folder_run), "--steps", "2", "--split", "train",

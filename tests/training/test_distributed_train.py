@@ -23,7 +23,8 @@ RUNS = {
     "vqgan-lg": ["model.name=vqgan-tiny", "model.loss={disc_start: 0}", "guidance.enabled=true"],
 }
 
-pytestmark = pytest.mark.slow  # two spawned interpreters, each training two tiny runs
+# two spawned interpreters, each training two tiny runs (one of them LG: the default encoder)
+pytestmark = [pytest.mark.slow, pytest.mark.minilm]
 
 
 def _config(name, out_dir, batch_size):
