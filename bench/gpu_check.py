@@ -137,11 +137,18 @@ class Steps:
         self._write()
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_with_limit(argv, cwd, env, log, limit: float) -> tuple[int | None, str]:
     """(exit status or None, note). At the limit the step's process group gets SIGINT (pytest
     then ends its session and writes its junit xml) and, ``GRACE_S`` later, SIGKILL."""
     try:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # SIGINT back to its default in the child: a parent started in the background by a shell, or an
+        # xdist worker, ignores it, the child would inherit that, and the interrupt at the limit be lost
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_default_sigint)
     except OSError as err:
         return None, f" FAILED TO START ({err})"
     try:
