@@ -105,8 +105,8 @@ def _row_min(tile: torch.Tensor, out_scores: torch.Tensor, out_idx: torch.Tensor
         return
     runs = tile.view(rows, codes // chunk, chunk)
     torch.min(runs.amin(dim=2), dim=1, out=(out_scores, out_idx))
-    winner = runs.gather(1, out_idx.view(rows, 1, 1).expand(rows, 1, chunk))
-    torch.add(winner.argmin(dim=2).view(rows), out_idx, alpha=chunk, out=out_idx)
+    winner = runs[torch.arange(rows, device=tile.device), out_idx]  # (rows, chunk): 2x faster than gather
+    torch.add(winner.argmin(dim=1), out_idx, alpha=chunk, out=out_idx)
 
 
 def search_torch(
@@ -123,60 +123,78 @@ def search_torch(
     """
     dtype = _accumulate_dtype(x, codebook)
     on_cpu = x.device.type == "cpu"
-    if block_bytes is None:
-        block_bytes = CPU_TILE_BYTES if on_cpu else DEFAULT_BLOCK_BYTES
-    n, k = x.shape[0], codebook.shape[0]
-    max_scores = max(1, block_bytes // (torch.finfo(dtype).bits // 8))
-    codes_per_tile = min(k, max_scores, CPU_CODE_BLOCK if on_cpu else k)
-    rows_per_tile = min(n, max(1, max_scores // codes_per_tile))
+    n = x.shape[0]
+    scores = torch.empty(n, device=x.device, dtype=dtype)
+    indices = torch.empty(n, device=x.device, dtype=torch.int64)
     with torch.no_grad():
-        blocks = _RowBlocks(x.to(dtype), codebook.to(dtype).t(), offsets.to(dtype), rows_per_tile,
-                            codes_per_tile, CPU_ARGMIN_CHUNK if on_cpu else 1)
+        x, codes_t, offsets = x.to(dtype), codebook.to(dtype).t(), offsets.to(dtype)
+        shape = TileSearch.shape(n, codebook.shape[0], dtype, on_cpu, block_bytes)
+
+        def work(blocks) -> None:
+            searcher = TileSearch(*shape, codebook.shape[0], x.device, dtype, on_cpu)
+            for b in blocks:
+                rows = slice(b * shape[0], (b + 1) * shape[0])
+                searcher(x[rows], codes_t, offsets, scores[rows], indices[rows])
+
+        count = -(-n // shape[0])
         if on_cpu:
-            run_blocks(blocks.search, blocks.count)
+            run_blocks(work, count)
         else:
-            blocks.search(iter(range(blocks.count)))
-    return blocks.scores, blocks.indices
+            work(iter(range(count)))
+    return scores, indices
 
 
-class _RowBlocks:
-    """The search cut into blocks of ``rows`` rows; ``search`` fills the blocks it is given."""
+class TileSearch:
+    """One worker's search of row blocks in tiles of (rows × codes), into buffers it reuses.
 
-    def __init__(self, x, codes_t, offsets, rows: int, codes_per_tile: int, chunk: int):
-        self.x, self.codes_t, self.offsets = x, codes_t, offsets
-        self.rows, self.codes_per_tile, self.chunk = rows, codes_per_tile, chunk
-        n = x.shape[0]
-        self.count = -(-n // rows)
-        self.scores = torch.empty(n, device=x.device, dtype=x.dtype)
-        self.indices = torch.empty(n, device=x.device, dtype=torch.int64)
+    ``__call__`` fills (min score, argmin) of the rows of a block, ``rows`` at a time, from
+    one reused tile buffer per run of codes: each tile's row minimum goes into a small
+    (code tiles, rows) buffer, then the minimum over tiles is taken (the first, lowest tile on
+    ties). Callers that search many blocks (the residual stages) keep one per worker, so no
+    block allocates.
+    """
 
-    def search(self, blocks) -> None:
-        """Each block: one tile per run of codes into one reused buffer, each tile's row minimum
-        into a small (code tiles, rows) buffer, then the minimum over tiles."""
-        x, codes_t, offsets, step = self.x, self.codes_t, self.offsets, self.codes_per_tile
-        k = codes_t.shape[1]
-        code_starts = range(0, k, step)
-        tile_buf = torch.empty(self.rows * step, device=x.device, dtype=x.dtype)
-        part_scores = torch.empty(len(code_starts), self.rows, device=x.device, dtype=x.dtype)
-        part_idx = torch.empty(len(code_starts), self.rows, device=x.device, dtype=torch.int64)
-        tile_base = torch.arange(0, k, step, device=x.device).unsqueeze(1)
-        for block in blocks:
-            r0 = block * self.rows
-            rows = min(self.rows, x.shape[0] - r0)
-            xb, scores, indices = x[r0 : r0 + rows], self.scores[r0 : r0 + rows], self.indices[r0 : r0 + rows]
-            if len(code_starts) == 1:
-                tile = tile_buf[: rows * k].view(rows, k)
-                torch.addmm(offsets, xb, codes_t, alpha=-2.0, out=tile)
-                _row_min(tile, scores, indices, self.chunk)
-                continue
-            for j, c0 in enumerate(code_starts):
-                codes = min(step, k - c0)
-                tile = tile_buf[: rows * codes].view(rows, codes)
-                torch.addmm(offsets[c0 : c0 + codes], xb, codes_t[:, c0 : c0 + codes], alpha=-2.0, out=tile)
-                _row_min(tile, part_scores[j, :rows], part_idx[j, :rows], self.chunk)
-            best = part_scores[:, :rows].argmin(dim=0, keepdim=True)  # first minimum: lowest tile
-            scores.copy_(part_scores[:, :rows].gather(0, best)[0])
-            indices.copy_((part_idx[:, :rows] + tile_base).gather(0, best)[0])
+    def __init__(self, rows: int, codes_per_tile: int, num_codes: int, device, dtype, on_cpu: bool):
+        self.rows, self.step = rows, codes_per_tile
+        self.chunk = CPU_ARGMIN_CHUNK if on_cpu else 1
+        self.code_starts = range(0, num_codes, codes_per_tile)
+        self.tile = torch.empty(rows * codes_per_tile, device=device, dtype=dtype)
+        self.part_scores = torch.empty(len(self.code_starts), rows, device=device, dtype=dtype)
+        self.part_idx = torch.empty(len(self.code_starts), rows, device=device, dtype=torch.int64)
+        self.tile_base = torch.arange(0, num_codes, codes_per_tile, device=device).unsqueeze(1)
+
+    @staticmethod
+    def shape(n: int, k: int, dtype: torch.dtype, on_cpu: bool, block_bytes: int | None = None) -> tuple[int, int]:
+        """(rows, codes) of a tile holding at most ``block_bytes`` of scores (default:
+        ``CPU_TILE_BYTES`` on the CPU, ``DEFAULT_BLOCK_BYTES`` elsewhere, where a tile spans
+        the whole codebook)."""
+        if block_bytes is None:
+            block_bytes = CPU_TILE_BYTES if on_cpu else DEFAULT_BLOCK_BYTES
+        max_scores = max(1, block_bytes // (torch.finfo(dtype).bits // 8))
+        codes_per_tile = min(k, max_scores, CPU_CODE_BLOCK if on_cpu else k)
+        return min(n, max(1, max_scores // codes_per_tile)), codes_per_tile
+
+    def __call__(self, xb, codes_t, offsets, scores, indices) -> None:
+        for r0 in range(0, xb.shape[0], self.rows):
+            rows = slice(r0, r0 + self.rows)
+            self._search_tile_rows(xb[rows], codes_t, offsets, scores[rows], indices[rows])
+
+    def _search_tile_rows(self, xb, codes_t, offsets, scores, indices) -> None:
+        rows, k = xb.shape[0], codes_t.shape[1]
+        if len(self.code_starts) == 1:
+            tile = self.tile[: rows * k].view(rows, k)
+            torch.addmm(offsets, xb, codes_t, alpha=-2.0, out=tile)
+            _row_min(tile, scores, indices, self.chunk)
+            return
+        part_scores, part_idx = self.part_scores[:, :rows], self.part_idx[:, :rows]
+        for j, c0 in enumerate(self.code_starts):
+            codes = min(self.step, k - c0)
+            tile = self.tile[: rows * codes].view(rows, codes)
+            torch.addmm(offsets[c0 : c0 + codes], xb, codes_t[:, c0 : c0 + codes], alpha=-2.0, out=tile)
+            _row_min(tile, part_scores[j], part_idx[j], self.chunk)
+        best = part_scores.argmin(dim=0, keepdim=True)  # first minimum: lowest tile
+        scores.copy_(part_scores.gather(0, best)[0])
+        indices.copy_((part_idx + self.tile_base).gather(0, best)[0])
 
 
 @torch.library.custom_op("lgvq::search_torch", mutates_args=())

@@ -53,14 +53,18 @@ import torch.nn.functional as F
 from lgvq.checks import check_choice, check_tensor
 from lgvq.ops.backend import resolve_backend
 from lgvq.ops.cpu import run_blocks
-from lgvq.ops.nearest import METRICS, _accumulate_dtype, check_codebook_inputs, search_torch
+from lgvq.ops.nearest import METRICS, TileSearch, _accumulate_dtype, check_codebook_inputs
 from lgvq.ops.stats import code_counts_and_sums
 
 #: vqp's ``safe_div`` floor for the norms in the rotation trick.
 ROTATION_EPS = 1e-6
-#: Rows per block of the CPU path: a block's residual, codes and score tile stay in cache
-#: while it runs all L stages; N = 16,384 gives 32 blocks to balance over the workers.
-ROW_BLOCK = 512
+#: Rows per block of the CPU path: a block's residual (1 MiB at d = 128) stays in cache while
+#: it runs all L stages (its search in ``TileSearch``'s cache-sized tiles). Each of a stage's
+#: small ops holds the GIL for its Python overhead; at 512 rows those overheads serialised
+#: the two workers of the statistics and the backward (2 threads no faster than 1), at 2,048
+#: they take 35 and 47 ms instead of 68 and 67 (N = 16,384, L = 8, d = 128), and N = 16,384
+#: still gives 8 blocks to balance over the workers.
+ROW_BLOCK = 2048
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -98,11 +102,12 @@ def _stage_input(r: torch.Tensor, cos: bool) -> torch.Tensor:
 # ----------------------------------------------------------------------------- torch forward
 
 
-def residual_search_staged(x, codes, offsets, cos: bool, search_stage):
-    """Forward over flat x (N, d), one stage at a time: the torch reference (``search_stage`` =
-    the tiled ``search_torch``), and the Triton path for rows too wide for the fused kernel
-    (the nearest kernel per stage). On the CPU each block of rows runs all L stages on one
-    single-threaded worker (``for_row_blocks``), its residual staying in cache.
+def residual_search_staged(x, codes, offsets, cos: bool, stage_searcher):
+    """Forward over flat x (N, d), one stage at a time: the torch reference (the tiled
+    ``TileSearch``), and the Triton path for rows too wide for the fused kernel (the nearest
+    kernel per stage). On the CPU each block of rows runs all L stages on one single-threaded
+    worker (``for_row_blocks``), its residual staying in cache. ``stage_searcher()`` makes one
+    worker's ``search(x_l, stage) -> indices``.
 
     Returns (x - r_L in x's dtype, indices (N, L) int64, per-row squared errors (N, L) in the
     accumulation dtype).
@@ -113,20 +118,26 @@ def residual_search_staged(x, codes, offsets, cos: bool, search_stage):
     indices = x.new_empty((n, num_stages), dtype=torch.int64)
     sqerr = x.new_empty((n, num_stages), dtype=acc)
 
-    def block(rows: slice, _scratch) -> None:
+    def block(rows: slice, search) -> None:
         x_rows = x[rows].to(acc)
         residual = x_rows.clone()
         for stage in range(num_stages):
             x_l = _stage_input(residual, cos)
-            idx = search_stage(x_l, codes[stage], offsets[stage])
-            q = codes[stage].to(acc)[idx]
+            idx = search(x_l, stage)
+            q = _gather_codes(codes, stage, idx, acc)
             sqerr[rows, stage] = (x_l - q).pow_(2).sum(dim=1)
             residual -= q
             indices[rows, stage] = idx
         quantized[rows] = x_rows - residual
 
-    for_row_blocks(n, x.device, block)
+    for_row_blocks(n, x.device, block, stage_searcher)
     return quantized, indices, sqerr
+
+
+def _gather_codes(codes: torch.Tensor, stage: int, idx: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """Stage ``stage``'s codes at ``idx`` (rows, d) in ``acc``: ``index_select`` copies whole rows
+    (on the CPU 5x faster than advanced indexing), then only the chosen rows are converted."""
+    return codes[stage].index_select(0, idx).to(acc)
 
 
 def for_row_blocks(n: int, device: torch.device, block, scratch=None) -> list:
@@ -137,8 +148,9 @@ def for_row_blocks(n: int, device: torch.device, block, scratch=None) -> list:
     Blocks run without autograd: the op's gradients are explicit, and grad mode is per thread,
     so a worker would otherwise record every block's intermediates of an x that requires grad
     (the (N, d) outputs written block by block then held them all: 170 MiB at N = 16,384, L = 8).
-    ``scratch()`` makes one accumulator per worker; the list of them is returned."""
-    size = ROW_BLOCK if device.type == "cpu" else max(n, 1)
+    ``scratch()`` makes one worker's state (accumulators, search buffers); the list of them is
+    returned."""
+    size = _row_block(n, device)
     partials, lock = [], threading.Lock()
 
     def work(blocks) -> None:
@@ -157,25 +169,52 @@ def for_row_blocks(n: int, device: torch.device, block, scratch=None) -> list:
     return partials
 
 
-def _search_stage_torch(x_l, codes, offsets):
-    return search_torch(x_l, codes, offsets)[1]
+def _row_block(n: int, device: torch.device) -> int:
+    return ROW_BLOCK if device.type == "cpu" else max(n, 1)
 
 
-def _search_stage_triton(x_l, codes, offsets):
+def _torch_stage_searcher(x, codes, offsets):
+    """Per worker: a ``TileSearch`` and its (scores, indices) buffers for one block of rows,
+    reused by every block and stage the worker runs (no allocation per stage)."""
+    acc = _accumulate_dtype(x, codes)
+    on_cpu = x.device.type == "cpu"
+    codes_t, offsets = codes.to(acc).transpose(1, 2), offsets.to(acc)
+    rows = min(x.shape[0], _row_block(x.shape[0], x.device))
+    shape = TileSearch.shape(rows, codes.shape[1], acc, on_cpu)
+
+    def make():
+        searcher = TileSearch(*shape, codes.shape[1], x.device, acc, on_cpu)
+        scores = x.new_empty(rows, dtype=acc)
+        indices = x.new_empty(rows, dtype=torch.int64)
+
+        def search(x_l, stage):
+            n = x_l.shape[0]
+            searcher(x_l, codes_t[stage], offsets[stage], scores[:n], indices[:n])
+            return indices[:n]
+
+        return search
+
+    return make
+
+
+def _triton_stage_searcher(x, codes, offsets):
     from lgvq.kernels.nearest import nearest_code_search
 
-    return nearest_code_search(x_l.to(codes.dtype), codes, offsets.float())[1]
+    def search(x_l, stage):
+        return nearest_code_search(x_l.to(codes.dtype), codes[stage], offsets[stage].float())[1]
+
+    return lambda: search
 
 
 def residual_search(x, codes, offsets, cos: bool, backend: str):
     """The forward of the resolved backend: the fused kernel where the rows fit on chip."""
     if backend == "torch":
-        return residual_search_staged(x, codes, offsets, cos, _search_stage_torch)
+        return residual_search_staged(x, codes, offsets, cos, _torch_stage_searcher(x, codes, offsets))
     from lgvq.kernels import residual as kernel
 
     if kernel.fits_on_chip(x.shape[1], codes.dtype, x.device):
         return kernel.residual_search(x, codes, offsets, cos)
-    return residual_search_staged(x, codes, offsets, cos, _search_stage_triton)
+    return residual_search_staged(x, codes, offsets, cos, _triton_stage_searcher(x, codes, offsets))
 
 
 # ----------------------------------------------------------------------------- backward
@@ -186,7 +225,7 @@ def _walk_stages(x: torch.Tensor, codes: torch.Tensor, indices: torch.Tensor, co
     acc = _accumulate_dtype(x, codes)
     residual = x.to(acc, copy=True)
     for stage in range(codes.shape[0]):
-        q = codes[stage].to(acc)[indices[:, stage]]
+        q = _gather_codes(codes, stage, indices[:, stage], acc)
         yield stage, residual, _stage_input(residual, cos), q
         residual = residual - q
 

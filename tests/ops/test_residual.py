@@ -78,13 +78,19 @@ def test_torch_path_matches_eager_oracle(n, num_stages, k, d, metric, rotation):
     assert_same(got, run(lambda x, c: eager_oracle(x, c, metric, rotation), x, codebooks, upstream, weights))
 
 
+@pytest.mark.parametrize("small_tiles", [False, True])
 @pytest.mark.parametrize("metric", ["l2", "cos"])
-def test_row_blocks_do_not_change_the_result(monkeypatch, metric):
+def test_row_blocks_do_not_change_the_result(monkeypatch, metric, small_tiles):
     """Blocks of 5 rows on the CPU workers: outputs, gradients (the codebook's summed over the
-    workers' buffers) and statistics as the oracle's."""
+    workers' buffers) and statistics as the oracle's; with ``small_tiles`` each block's search
+    also runs in tiles of 3 rows (3 + 2) × 5 codes (5 + 5 + 2), reusing one worker's buffers."""
+    import lgvq.ops.nearest as nearest_mod
     import lgvq.ops.residual as residual_mod
 
     monkeypatch.setattr(residual_mod, "ROW_BLOCK", 5)
+    if small_tiles:
+        monkeypatch.setattr(nearest_mod, "CPU_TILE_BYTES", 15 * 4)
+        monkeypatch.setattr(nearest_mod, "CPU_CODE_BLOCK", 5)
     x, codebooks = _inputs(29, 3, 12, 7)
     upstream, weights = torch.randn(29, 7), torch.tensor([1.0, 2.0, 0.5])
     got = run(lambda x, c: residual_quantize(x, c, metric=metric, backend="torch"), x, codebooks, upstream, weights)
@@ -131,7 +137,7 @@ def test_cpu_workers_record_no_autograd_graph(monkeypatch, metric):
         cos = metric == "cos"
         codes = F.normalize(codebooks, dim=-1) if cos else codebooks
         offsets = residual_mod._stage_offsets(codes, cos)
-        outputs = residual_mod.residual_search_staged(x, codes, offsets, cos, residual_mod._search_stage_torch)
+        outputs = residual_mod.residual_search(x, codes, offsets, cos, "torch")
         outputs += residual_mod.residual_backward_torch(x, codes, outputs[1], None, torch.randn(23, 5, requires_grad=True),
                                                         torch.ones(3, requires_grad=True), cos, True, True)
         outputs += residual_code_statistics(x, codebooks, outputs[1], metric=metric, backend="torch")
