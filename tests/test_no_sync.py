@@ -46,11 +46,13 @@ SYNC_METHODS = ("item", "__bool__", "__float__", "__int__", "__index__", "cpu", 
 #: Code whose tensors live on the host even when training on a GPU, so their reads are no
 #: device sync: torch's non-capturable optimizers keep their step counter on the CPU, and the
 #: tokenizer's output is checked before it is copied to the device, and the text encoder reads
-#: caption lengths only for tensors on the CPU (``_length_groups``). (file part, function)
+#: caption lengths only for tensors on the CPU (``_length_groups``, ``_encode_packed``).
+#: (file part, function)
 HOST_SIDE = (
     (f"torch{Path('/optim/')}", None),
     (str(Path("lgvq/text/base.py")), "tokenize"),
     (str(Path("lgvq/text/base.py")), "_length_groups"),
+    (str(Path("lgvq/text/base.py")), "_encode_packed"),
 )
 
 LGVQ_ROOT = str(Path(lgvq.__file__).parent)

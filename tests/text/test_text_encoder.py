@@ -17,6 +17,7 @@ from lgvq.text import (
     TokenizedText,
     load_text_encoder,
 )
+from lgvq.text import base as text_base
 from lgvq.text.base import CHUNK_ROWS, LENGTH_STEP
 from lgvq.text.local_files import default_minilm_dir
 
@@ -579,16 +580,51 @@ def test_encode_reads_fixed_chunks_as_wide_as_their_captions(any_encoder):
         assert torch.equal(out.words[i], any_encoder([caption]).words[0])
 
 
-def test_trimmed_padding_keeps_every_masked_feature(any_encoder):
-    """encode_masked's length groups read fewer positions but give the padded run's
-    features, rows in order."""
+def test_trimmed_padding_keeps_every_masked_feature(any_encoder, monkeypatch):
+    """encode_masked reads fewer positions but gives the padded run's features, rows in
+    order: MiniLM packs the real tokens end to end (here in runs of at most 40 tokens), the
+    tiny CLIP (causal, pooled at its end token) reads length groups."""
+    monkeypatch.setattr(text_base, "PACK_TOKENS", 40)
     tokens = any_encoder.tokenize(LENGTHS_CAPTIONS)
     mask = torch.zeros_like(tokens.special_mask)
     mask[:, 1] = True  # the first word of every caption
     shapes = model_widths(any_encoder, lambda: any_encoder.encode_masked(tokens, mask))
-    assert min(w for _, w in shapes) < max(w for _, w in shapes) <= L  # it read less, in groups
+    lengths = tokens.attention_mask.sum(1)
+    if isinstance(any_encoder, BertLikeEncoder):
+        assert {rows for rows, _ in shapes} == {1} and len(shapes) > 1
+        assert sum(w for _, w in shapes) == lengths.sum() and all(w <= 40 or w in lengths for _, w in shapes)
+    else:
+        assert min(w for _, w in shapes) < max(w for _, w in shapes) <= L  # it read less, in groups
     masked = any_encoder.encode_masked(tokens, mask)
     masked_padded = untrimmed(any_encoder, lambda: any_encoder.encode_masked(tokens, mask))
     torch.testing.assert_close(masked.words, masked_padded.words, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(masked.sentence, masked_padded.sentence, atol=1e-5, rtol=1e-5)
     assert (masked.words[tokens.attention_mask == 0] == 0).all()
+
+
+def test_packed_captions_keep_their_columns_and_stay_apart(minilm):
+    """Packing is exact for any attention mask: a hole in a caption's mask keeps the later
+    tokens' positions (their columns), and no caption attends to another; a BERT-like model
+    that is not BERT (position ids from the padding, as RoBERTa) is read in length groups."""
+    tokens = minilm.tokenize(LENGTHS_CAPTIONS[:4])
+    holed = tokens.attention_mask.clone()
+    holed[1, 3] = 0
+    tokens = TokenizedText(ids=tokens.ids, attention_mask=holed, special_mask=tokens.special_mask | (holed == 0))
+    mask = torch.zeros_like(tokens.special_mask)
+    mask[:, 2] = True
+    assert len(model_widths(minilm, lambda: minilm.encode_masked(tokens, mask))) == 1  # one packed run
+    packed = minilm.encode_masked(tokens, mask)
+    padded = untrimmed(minilm, lambda: minilm.encode_masked(tokens, mask))
+    torch.testing.assert_close(packed.words, padded.words, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed.sentence, padded.sentence, atol=1e-5, rtol=1e-5)
+    alone = minilm.encode_masked(tokens.rows([2]), mask[2:3])
+    torch.testing.assert_close(packed.words[2], alone.words[0], atol=1e-5, rtol=1e-5)
+    config = minilm.model.config
+    config.model_type = "roberta"
+    try:
+        shapes = model_widths(minilm, lambda: minilm.encode_masked(tokens, mask))
+    finally:
+        config.model_type = "bert"
+    assert len(shapes) == 4 and all(w <= L for _, w in shapes)  # a group per caption
+
+
