@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lgvq.guidance.masked_decoder import decode_at
 from lgvq.guidance.visual_tokens import redraw_linear_bias
 from lgvq.text import TokenizedText
 
@@ -132,13 +133,23 @@ class MaskedTextPredictor(nn.Module):
         words (B, L, Dt), mask/padding (B, L) bool, visual_tokens (B, M+1, Dt). Only masked
         positions are scored: the V-wide head is most of the cost, and only they are trained.
         """
-        return self._head(self._hidden(words, mask, padding, visual_tokens)[mask], embeddings)
+        return self._head(self._masked_hidden(words, mask, padding, visual_tokens), embeddings)
+
+    def _input(self, words, mask) -> torch.Tensor:
+        return torch.where(mask[..., None], self.mask_vectors.to(words.dtype)[None], words)
 
     def _hidden(self, words, mask, padding, visual_tokens) -> torch.Tensor:
         """The decoder's output H (B, L, Dt) for the masked caption."""
-        x = torch.where(mask[..., None], self.mask_vectors.to(words.dtype)[None], words)
-        x = x.masked_fill(padding[..., None], 0.0)
+        x = self._input(words, mask).masked_fill(padding[..., None], 0.0)
         return self.decoder(x, visual_tokens, tgt_key_padding_mask=None if self.release else padding)
+
+    def _masked_hidden(self, words, mask, padding, visual_tokens) -> torch.Tensor:
+        """H at the masked positions (num_masked, Dt), row-major. Where selecting rows is free
+        and padding is masked out of the self-attention (not the release's decoder), the
+        decoder runs only where H is read (``decode_at``)."""
+        if self.release or not _selection_is_free(mask):
+            return self._hidden(words, mask, padding, visual_tokens)[mask]
+        return decode_at(self.decoder, self._input(words, mask), ~padding, mask, visual_tokens)
 
     def _head(self, h: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         h = self.head_norm(F.gelu(self.head_proj(h)))
