@@ -33,7 +33,7 @@ MIN_MAX_LENGTH = 3  # start + end token + at least one word
 DEFAULT_CACHE_SIZE = 4096
 #: On the CPU a batch is encoded in this many runs of similar caption length (``_length_groups``).
 LENGTH_GROUPS = 4
-#: Encoders that can pack (``_run_packed``) read the masked captions end to end in runs of
+#: Encoders that can pack (``packs``) read the masked captions end to end in runs of
 #: at most this many tokens: one (1, ≤ PACK_TOKENS) sequence per run, whose (T, T) attention
 #: mask and scores stay small (1 MiB at 512 tokens).
 PACK_TOKENS = 512
@@ -209,7 +209,7 @@ class TextEncoder(nn.Module, abc.ABC):
 
     ``encode_masked`` (the leak-free Lmtp input, new every step) is not cached. On the CPU it
     reads no padding (``trim_padding``, on by default): an encoder that can pack
-    (``_run_packed``) reads the captions' real tokens end to end (``_encode_packed``), the
+    (``packs``) reads the captions' real tokens end to end (``_encode_packed``), the
     others read captions of similar length together, each group only up to its longest
     caption (``_length_groups``); the features are padded back to ``max_length``.
     """
@@ -402,19 +402,22 @@ class TextEncoder(nn.Module, abc.ABC):
         )
         return self._encode_batch(masked)
 
-    def _run_packed(self, ids: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor) -> torch.Tensor | None:
+    @property
+    def packs(self) -> bool:
+        """Whether ``_run_packed`` can read several captions as one sequence (default: no)."""
+        return False
+
+    def _run_packed(self, ids: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
         """The last hidden state (T, Dt) of T tokens of several captions laid end to end: token
         t at position ``positions[t]`` of caption ``segments[t]``, attending only to its own
-        caption's tokens. None: this encoder cannot (the default)."""
-        return None
+        caption's tokens. Only for encoders that ``packs``."""
+        raise NotImplementedError(f"{type(self).__name__} does not pack captions")
 
     def _encode_batch(self, tokens: TokenizedText) -> EncodedText:
         """``encode_masked``'s model runs: the whole batch, packed or in ``_length_groups`` on the CPU."""
         tokens = tokens.to(self.device)
-        if self._trims(tokens.ids):
-            packed = self._encode_packed(tokens)
-            if packed is not None:
-                return packed
+        if self.packs and self._trims(tokens.ids):
+            return self._encode_packed(tokens)
         ids, attention = tokens.ids, tokens.attention_mask.long()
         words = sentence = None
         for rows, length in self._length_groups(attention):
@@ -454,10 +457,9 @@ class TextEncoder(nn.Module, abc.ABC):
         ``_length_groups`` for why not elsewhere), with ``trim_padding`` on."""
         return self.trim_padding and like.device.type == "cpu" and not torch.compiler.is_compiling()
 
-    def _encode_packed(self, tokens: TokenizedText) -> EncodedText | None:
+    def _encode_packed(self, tokens: TokenizedText) -> EncodedText:
         """The batch's real tokens read end to end, in runs of whole captions of at most
-        ``PACK_TOKENS`` tokens (a caption longer than that alone), or None if the encoder
-        cannot pack.
+        ``PACK_TOKENS`` tokens (a caption longer than that alone).
 
         Each token keeps its column as its position and attends to its own caption alone, so
         every feature is the padded run's to float rounding; but the matmuls are one (T, Dt)
@@ -466,23 +468,16 @@ class TextEncoder(nn.Module, abc.ABC):
         """
         real = tokens.attention_mask.bool()
         batch, width = real.shape
-        lengths = real.sum(dim=1).tolist()
+        lengths = real.sum(dim=1)
         columns = torch.arange(width, device=real.device).expand(batch, width)
-        words = sentence = None
-        for rows in _token_runs(lengths, PACK_TOKENS):
-            keep = real[rows]
-            counts = keep.sum(dim=1)
+        words = torch.zeros(batch, width, self.dim, device=real.device, dtype=torch.float32)
+        sentence = torch.zeros(batch, self.dim, device=real.device, dtype=torch.float32)
+        for rows in _token_runs(lengths.tolist(), PACK_TOKENS):
+            keep, counts = real[rows], lengths[rows]
             segments = torch.arange(keep.shape[0], device=real.device).repeat_interleave(counts)
-            hidden = self._run_packed(tokens.ids[rows][keep], columns[rows][keep], segments)
-            if hidden is None:
-                return None
-            hidden = hidden.float()
-            if words is None:
-                words = hidden.new_zeros(batch, width, hidden.shape[-1])
-                sentence = hidden.new_zeros(batch, hidden.shape[-1])
-            words[rows] = words[rows].masked_scatter(keep[..., None], hidden)
-            sums = hidden.new_zeros(keep.shape[0], hidden.shape[-1]).index_add_(0, segments, hidden)
-            sentence[rows] = sums / counts.clamp_min(1)[:, None]
+            hidden = self._run_packed(tokens.ids[rows][keep], columns[rows][keep], segments).float()
+            words[rows][keep] = hidden
+            sentence[rows].index_add_(0, segments, hidden).div_(counts.clamp_min(1)[:, None])
         return EncodedText(words=words, sentence=sentence, tokens=tokens)
 
     def _chunks(self, lengths: Sequence[int]) -> list[tuple[list[int], int]]:

@@ -74,12 +74,15 @@ class BertLikeEncoder(TextEncoder):
         hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
         return hidden, masked_mean(hidden, attention_mask)
 
-    def _run_packed(self, ids: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor) -> torch.Tensor | None:
-        """BERT itself: position ids are the columns (other BERT-like models, e.g. RoBERTa,
-        derive them from the padding and are not packed) and token type 0, given explicitly
-        (BERT's default type ids stop at its position limit); a block-diagonal mask."""
-        if self.model.config.model_type != "bert":
-            return None
+    @property
+    def packs(self) -> bool:
+        """BERT itself: its position ids are the columns. Other BERT-like models (e.g. RoBERTa)
+        derive them from the padding, so they are not packed."""
+        return self.model.config.model_type == "bert"
+
+    def _run_packed(self, ids: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+        """Position ids and token type 0 given explicitly (BERT's default type ids stop at its
+        position limit); a block-diagonal mask."""
         own = segments[:, None] == segments[None, :]
         dtype = self.word_embeddings.dtype
         mask = torch.zeros(own.shape, dtype=dtype, device=own.device).masked_fill(~own, torch.finfo(dtype).min)
