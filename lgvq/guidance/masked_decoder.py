@@ -10,9 +10,9 @@ the decoder's own, the function is the same to float rounding, and dropout keeps
 random draws differ, since it draws one mask element per computed element.
 
 On the shapes data (16 captions of 30 positions, about half of them real, about a tenth
-masked) the decoder's forward and backward take about 0.6 of the padded run's time: its
-matmuls read ~260 and ~45 rows instead of 480 per layer; the cross-attention's keys and
-values (the visual tokens) cost the same.
+masked) its matmuls read ~260 rows (the first layer) and ~45 (the last) instead of 480 per
+layer; the cross-attention's keys and values (the visual tokens) cost the same
+(``bench.training`` times Lmtp).
 
 Layout. Rows stay packed, (rows, Dt) in row-major (B, L) order, for the per-token work
 (projections, norms, FFN). Each attention runs batched per caption: its rows are scattered to

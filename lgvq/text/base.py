@@ -463,8 +463,8 @@ class TextEncoder(nn.Module, abc.ABC):
 
         Each token keeps its column as its position and attends to its own caption alone, so
         every feature is the padded run's to float rounding; but the matmuls are one (T, Dt)
-        product per layer instead of one per length group (on the CPU the shapes data's
-        batch of 16 runs in 0.67 of the grouped time). A mask with holes keeps its columns.
+        product per layer instead of one per length group (``bench.training`` times the
+        re-encoding). A mask with holes keeps its columns.
         """
         real = tokens.attention_mask.bool()
         batch, width = real.shape
