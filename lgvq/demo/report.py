@@ -8,8 +8,7 @@ from pathlib import Path
 
 import torch
 
-from lgvq.demo.settings import CONFIGS, DEFAULT_STEPS, HELDOUT_IMAGES, WIDENED, demo_config
-from lgvq.demo.training import widening_plan
+from lgvq.demo.settings import CONFIGS, DEFAULT_STEPS, HELDOUT_IMAGES, demo_config
 from lgvq.demo.verdict import verdict
 from lgvq.experiment.evaluate import EvalResult
 from lgvq.tasks import task_names
@@ -72,16 +71,13 @@ def task_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def device_description(parallel: bool, steps: int) -> str:
+def device_description(parallel: bool) -> str:
     """The device, and on the CPU the thread layout (it decides the numbers' float rounding)."""
     if torch.cuda.is_available() and demo_config(next(iter(CONFIGS)), Path("."), 1, 0, 1).train.device != "cpu":
         return torch.cuda.get_device_name()
     threads = threads_per_process(len(CONFIGS)) if parallel else torch.get_num_threads()
     layout = f"{len(CONFIGS)} processes × {threads} thread{'s' if threads > 1 else ''}" if parallel else \
         f"{threads} thread{'s' if threads > 1 else ''}"
-    plan = widening_plan(steps, threads) if parallel else None
-    if plan:
-        layout += f"; {WIDENED} training on {plan[1]} threads from step {plan[0]}"
     return f"CPU ({layout}, {platform.machine()})"
 
 

@@ -21,14 +21,6 @@ EVAL_SIZE = 256
 HELDOUT_POINTS = 5
 #: ... on the first this many held-out images.
 HELDOUT_IMAGES = 64
-#: The LG model trains longest: from the first held-out point at or after this fraction of its
-#: steps it takes the cores the plain model's jobs held (``lgvq.demo.jobs``), waiting for them
-#: if need be. In the README's idle timings (before the caption cache) the plain model's training
-#: (100 s) and jobs (about the 60 s the total leaves after the LG training) end near 45 % of the
-#: LG training (358 s); 60 % leaves a margin. Too early wastes a core waiting, too late idles one.
-WIDEN_AT = 0.6
-#: The model that gets those cores.
-WIDENED = "VQ-VAE + LG"
 #: The tasks of the default demo: the two that read codes to understand an image.
 DEMO_TASKS = ("vqa", "captioning")
 PREVIEW_IMAGES = 6
