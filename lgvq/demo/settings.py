@@ -13,8 +13,8 @@ from lgvq.experiment.splits import dataset_args
 from lgvq.tasks import TaskBudget, task_names
 
 
-#: The demo's budget, sized for 10 minutes on the 2-core machines of 2026-12-01; hosts differ by
-#: up to 3x (README: "Demo budget").
+#: The demo's budget, sized for 10 minutes on the 2-core machines of 2026-12-01; 2-core hosts have
+#: since differed by 2.4-2.9x on the plain model's training (README: "Demo budget").
 DEFAULT_STEPS = 700
 PROBE_STEPS = 80
 EVAL_SIZE = 256
