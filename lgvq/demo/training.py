@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +9,8 @@ from pathlib import Path
 import torch
 
 from lgvq.demo.settings import HELDOUT_IMAGES, HELDOUT_POINTS, demo_config, heldout_set
-from lgvq.experiment.config import ExperimentConfig
+from lgvq.experiment.config import ExperimentConfig, config_with
+from lgvq.experiment.lr_schedule import schedule_horizon
 from lgvq.experiment.evaluate import evaluate
 from lgvq.experiment.train import train
 
@@ -22,12 +22,14 @@ def segment_ends(steps: int, points: int) -> list[int]:
 
 def train_with_heldout_curve(config: ExperimentConfig, val, progress: bool):
     """Train in segments, resuming from each segment's checkpoint (bit-exact), and measure
-    held-out PSNR after each; the model's training is the same as in one go."""
+    held-out PSNR after each; the model's training is the same as in one go (the lr schedule
+    spans the whole run, not each segment)."""
     steps, curve, run = config.train.steps, [], None
     heldout = torch.utils.data.Subset(val, range(min(HELDOUT_IMAGES, len(val))))
     ends = segment_ends(steps, HELDOUT_POINTS)
+    whole = config_with(config, optim={"schedule_steps": schedule_horizon(config)})
     for i, end in enumerate(ends):
-        segment = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=end, ckpt_every=end))
+        segment = config_with(whole, train={"steps": end, "ckpt_every": end})
         # the first segment starts afresh (a seed is rerun only when its settings changed)
         run = train(segment, resume=i > 0, progress=progress, existing="refuse" if i else "overwrite")
         psnr = evaluate(run.model, heldout, None, device=run.device, progress=False).psnr

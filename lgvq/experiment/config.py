@@ -76,6 +76,11 @@ class OptimConfig:
     scale_lr: bool = True  # lr = base_lr * batch_size, as the taming / LG-VQ release does
     betas: list = bounded([0.5, 0.9], low=0, below=1, each=2)
     grad_clip: float | None = bounded(None, above=0)  # None: no clipping
+    # constant (taming's, the release's) or cosine: from lr down to lr x final_lr_ratio over
+    # schedule_steps (None: train.steps), then flat (lgvq.experiment.lr_schedule)
+    lr_schedule: str = choice("constant", ("constant", "cosine"))
+    final_lr_ratio: float = bounded(0.1, low=0, below=1)
+    schedule_steps: int | None = bounded(None, low=1)
 
 
 @dataclass

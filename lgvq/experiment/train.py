@@ -37,6 +37,7 @@ from lgvq.experiment.config import ConfigError, ExperimentConfig, config_to_dict
 from lgvq.experiment.config_checks import check_training_config
 from lgvq.experiment.distributed import data_parallel, init_distributed
 from lgvq.experiment.logger import RunLogger, as_floats
+from lgvq.experiment.lr_schedule import set_lr
 from lgvq.experiment.resume import open_run_folder, resume_checkpoint
 from lgvq.experiment.run import Run, build_run, resolve_device, seed_everything
 from lgvq.experiment.run_folder import RunFolderLock
@@ -60,6 +61,9 @@ def make_optimizers(run: Run) -> dict[str, torch.optim.Optimizer]:
     optimizers = {"ae": adam(params, lr=lr, betas=tuple(optim.betas))}
     if run.loss.discriminator is not None:
         optimizers["disc"] = adam(run.loss.discriminator.parameters(), lr=lr, betas=tuple(optim.betas))
+    for optimizer in optimizers.values():  # the lr schedule's lr₀ (lgvq.experiment.lr_schedule)
+        for group in optimizer.param_groups:
+            group["initial_lr"] = lr
     return optimizers
 
 
@@ -208,7 +212,9 @@ def _train(config: ExperimentConfig, resume: bool, progress: bool, existing: str
     try:
         while step < config.train.steps:
             images, captions = next(batches)
+            set_lr(optimizers, config, step)
             logs = train_step(run, optimizers, images.to(run.device), captions, step)
+            logs["lr"] = optimizers["ae"].param_groups[0]["lr"]
             step += 1
             bar.update(1)
             last = step == config.train.steps
