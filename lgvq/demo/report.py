@@ -105,11 +105,17 @@ def setup_text(steps: int) -> str:
     return (
         f"Both models: `configs/{plain}` and `configs/{guided}` shortened to {steps} steps: `vqvae-tiny` "
         f"(32×32 images → 8×8 codes, K = 256, d = 64, quantizer options {config.model.overrides or 'default'}), "
-        f"batch {config.data.batch_size}, Adam (lr {lr:g}, "
+        f"batch {config.data.batch_size}, Adam (lr {lr:g}{schedule_text(config.optim)}, "
         f"β = {tuple(config.optim.betas)}), the same data order. The LG model adds LanguageGuidance "
         f"(embedded all-MiniLM-L6-v2 text encoder, weights λ = {lg_config.guidance.weights} for gsa/mtp/ras, "
         "leak-free masked text prediction)."
     )
+
+
+def schedule_text(optim) -> str:
+    if optim.lr_schedule == "constant":
+        return ""
+    return f", {optim.lr_schedule} decay to {optim.final_lr_ratio:g}× of it over the run"
 
 
 def probe_text(probe_steps: int) -> str:

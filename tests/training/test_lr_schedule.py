@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from lgvq.data import load_dataset
+from lgvq.demo.report import schedule_text
 from lgvq.demo.training import train_with_heldout_curve
-from lgvq.experiment.config import ConfigError
+from lgvq.experiment.config import ConfigError, OptimConfig
 from lgvq.experiment.logger import read_log
 from lgvq.experiment.lr_schedule import lr_factor
 from lgvq.experiment.splits import dataset_args
@@ -69,3 +70,8 @@ def test_segmented_training_keeps_the_whole_runs_horizon(tmp_path):
     a, b = _weights(segmented), _weights(whole)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_the_demo_report_names_a_decaying_schedule_only():
+    assert schedule_text(OptimConfig()) == ""
+    assert schedule_text(OptimConfig(lr_schedule="cosine", final_lr_ratio=0.05)) == ", cosine decay to 0.05× of it over the run"
