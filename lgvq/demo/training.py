@@ -10,8 +10,8 @@ import torch
 
 from lgvq.demo.settings import HELDOUT_IMAGES, HELDOUT_POINTS, demo_config, heldout_set
 from lgvq.experiment.config import ExperimentConfig, config_with
-from lgvq.experiment.lr_schedule import schedule_horizon
 from lgvq.experiment.evaluate import evaluate
+from lgvq.experiment.lr_schedule import schedule_horizon
 from lgvq.experiment.train import train
 
 

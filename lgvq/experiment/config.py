@@ -12,6 +12,7 @@ import importlib.resources
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lgvq.experiment.lr_schedule import SCHEDULES
 from lgvq.extras import needs_extra
 
 with needs_extra("train"):
@@ -77,8 +78,9 @@ class OptimConfig:
     betas: list = bounded([0.5, 0.9], low=0, below=1, each=2)
     grad_clip: float | None = bounded(None, above=0)  # None: no clipping
     # constant (taming's, the release's) or cosine: from lr down to lr x final_lr_ratio over
-    # schedule_steps (None: train.steps), then flat (lgvq.experiment.lr_schedule)
-    lr_schedule: str = choice("constant", ("constant", "cosine"))
+    # schedule_steps (None: train.steps), then flat (lgvq.experiment.lr_schedule); set
+    # schedule_steps to keep a cosine run's schedule when a resume extends train.steps
+    lr_schedule: str = choice("constant", SCHEDULES)
     final_lr_ratio: float = bounded(0.1, low=0, below=1)
     schedule_steps: int | None = bounded(None, low=1)
 

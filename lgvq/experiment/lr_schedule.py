@@ -11,10 +11,12 @@ every step, so a resumed run follows the same schedule bit for bit; a run traine
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # the config module reads SCHEDULES, and the CLI imports it before torch
+    import torch
 
-from lgvq.experiment.config import ExperimentConfig
+    from lgvq.experiment.config import ExperimentConfig
 
 SCHEDULES = ("constant", "cosine")
 
