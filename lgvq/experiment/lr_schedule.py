@@ -13,10 +13,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the config module reads SCHEDULES, and the CLI imports it before torch
+if TYPE_CHECKING:  # the CLI imports this module (through the config's SCHEDULES) before torch
     import torch
-
-    from lgvq.experiment.config import ExperimentConfig
 
 SCHEDULES = ("constant", "cosine")
 
@@ -32,11 +30,12 @@ def lr_factor(schedule: str, step: int, horizon: int, final_ratio: float) -> flo
     return final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def schedule_horizon(config: ExperimentConfig) -> int:
+def schedule_horizon(config) -> int:
+    """T of an ExperimentConfig (the config module imports this one, so it is not named here)."""
     return config.optim.schedule_steps or config.train.steps
 
 
-def set_lr(optimizers: dict[str, torch.optim.Optimizer], config: ExperimentConfig, step: int) -> None:
+def set_lr(optimizers: dict[str, torch.optim.Optimizer], config, step: int) -> None:
     """Set every optimizer's lr for ``step`` from its starting lr (``initial_lr``, saved with its state)."""
     factor = lr_factor(config.optim.lr_schedule, step, schedule_horizon(config), config.optim.final_lr_ratio)
     for optimizer in optimizers.values():
