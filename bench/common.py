@@ -17,6 +17,7 @@ import datetime
 import gc
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -311,8 +312,8 @@ def format_table(title: str, rows: list[Row], baseline: str = "eager", also: tup
 def write_results(name: str, device: torch.device, tables: list[str], notes: list[str] | None = None) -> Path:
     """Append one run's tables to ``bench/results/NAME-<device kind>.md`` and print them.
 
-    The header names the device, torch version, exact command and, on CPU, the system load
-    average (other processes on the machine skew CPU timings).
+    The header names the device, torch version, exact command (shell-quoted, so it can be pasted
+    back) and, on CPU, the system load average (other processes on the machine skew CPU timings).
     """
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     kind = "cuda" if device.type == "cuda" else "cpu"
@@ -320,7 +321,7 @@ def write_results(name: str, device: torch.device, tables: list[str], notes: lis
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     header = (
         f"## {stamp} · {device_name(device)} · torch {torch.__version__}\n\n"
-        f"Command: `python -m {' '.join(['bench.' + name] + sys.argv[1:])}`\n"
+        f"Command: `python -m {shlex.join(['bench.' + name] + sys.argv[1:])}`\n"
     )
     if kind == "cpu" and hasattr(os, "getloadavg"):
         load = ", ".join(f"{v:.2f}" for v in os.getloadavg())

@@ -4,12 +4,14 @@ These run in the default suite because they are small (a few seconds on 2 cores)
 assert nothing about speed. Full benchmarks: ``python -m bench.nearest`` / ``bench.quantize``.
 """
 
+import shlex
 import sys
 
 import pytest
 import torch
 
-from bench.common import Row, format_table, measure, peak_extra_memory
+import bench.common
+from bench.common import Row, format_table, measure, peak_extra_memory, write_results
 from lgvq.ops.nearest import nearest_code
 from lgvq.ops.quantize import vector_quantize
 
@@ -35,6 +37,16 @@ def test_measure_and_table_ratios():
             Row("slow twin", None, None, note="out of memory")]
     table = format_table("t", rows, also=("eager",))
     assert "| eager |" in table and "1.00×" in table and "out of memory" in table
+
+
+def test_results_header_records_a_command_that_pastes_back(tmp_path, monkeypatch):
+    # an argument with a space (``--conditions idle "busy process"``) must survive the round trip
+    argv = ["bench.training", "--conditions", "idle", "busy process", "--cases", "LG, new captions"]
+    monkeypatch.setattr(bench.common, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["ignored"] + argv[1:])
+    path = write_results("training", CPU, ["| t |"])
+    command = next(line for line in path.read_text().splitlines() if line.startswith("Command: "))
+    assert shlex.split(command.removeprefix("Command: `python -m ").removesuffix("`")) == argv
 
 
 def test_nearest_bench_runs_small_shape():

@@ -29,3 +29,15 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` (but the lock, which only holds the last owner's PID) and its bytes."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
             if p.is_file() and p.name != ".lock"}
+
+
+def run_weights(run) -> dict[str, torch.Tensor]:
+    """Every module's state of a training run, keyed ``module.parameter``, as copies."""
+    return {f"{m}.{k}": v.clone() for m, mod in run.modules().items() for k, v in mod.state_dict().items()}
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    """Same keys and the same bits under each (an exact resume or replay, not a close one)."""
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

@@ -3,7 +3,6 @@
 import math
 
 import pytest
-import torch
 
 from lgvq.data import load_dataset
 from lgvq.demo.report import schedule_text
@@ -14,8 +13,7 @@ from lgvq.experiment.lr_schedule import lr_factor
 from lgvq.experiment.splits import dataset_args
 from lgvq.experiment.train import train
 
-from .conftest import tiny_config
-from .test_train import _weights
+from .conftest import assert_same_tensors, run_weights, tiny_config
 
 COSINE = ["optim.lr_schedule=cosine", "optim.final_lr_ratio=0.2"]
 
@@ -55,9 +53,7 @@ def test_resume_under_a_cosine_schedule_continues_exactly(tmp_path):
     straight = train(tiny_config(tmp_path / "a", "train.steps=4", *extra), progress=False)
     train(tiny_config(tmp_path / "b", "train.steps=2", *extra), progress=False)
     resumed = train(tiny_config(tmp_path / "b", "train.steps=4", *extra), resume=True, progress=False)
-    a, b = _weights(straight), _weights(resumed)
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    assert_same_tensors(run_weights(straight), run_weights(resumed))
 
 
 def test_segmented_training_keeps_the_whole_runs_horizon(tmp_path):
@@ -67,9 +63,7 @@ def test_segmented_training_keeps_the_whole_runs_horizon(tmp_path):
     val = load_dataset(**dataset_args(config, "test", 2))
     segmented, _ = train_with_heldout_curve(config, val, False)
     whole = train(tiny_config(tmp_path / "b", "train.steps=5", *COSINE), progress=False)
-    a, b = _weights(segmented), _weights(whole)
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    assert_same_tensors(run_weights(segmented), run_weights(whole))
 
 
 def test_the_demo_report_names_a_decaying_schedule_only():

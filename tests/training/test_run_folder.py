@@ -26,7 +26,7 @@ from lgvq.experiment.run import load_run
 from lgvq.experiment.run_folder import RESUME_MAY_CHANGE, RunFolderError
 from lgvq.experiment.train import train
 
-from .conftest import snapshot, tiny_config
+from .conftest import assert_same_tensors, snapshot, tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -210,7 +210,7 @@ def test_resume_from_a_corrupt_checkpoint_is_refused_and_touches_nothing(run_cop
     weights = run_copy / "checkpoints" / "step_00000004" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     before = snapshot(run_copy)
-    with pytest.raises(CheckpointError, match=f"the previous good checkpoint is .*step_00000002$"):
+    with pytest.raises(CheckpointError, match="the previous good checkpoint is .*step_00000002$"):
         train(tiny_config(run_copy, "train.steps=6"), resume=True, progress=False)
     assert snapshot(run_copy) == before
 
@@ -291,10 +291,7 @@ def test_kill_9_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_p
     finally:
         straight.kill()
         straight.wait()
-    a, b = _final_weights(tmp_path / "straight"), _final_weights(out)
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    assert_same_tensors(_final_weights(tmp_path / "straight"), _final_weights(out))
 
 
 # ---- TensorBoard: each step once across restarts ---------------------------------------

@@ -11,7 +11,7 @@ from lgvq.experiment.logger import read_log
 from lgvq.experiment.run import build_run
 from lgvq.experiment.train import adam, make_optimizers, train
 
-from .conftest import tiny_config
+from .conftest import assert_same_tensors, run_weights, tiny_config
 
 
 @pytest.mark.parametrize("name", ["vqvae-tiny", "vqgan-tiny", "cvq-tiny"])
@@ -33,20 +33,13 @@ def test_two_steps_per_backbone(tmp_path, name, guided):
         assert torch.isfinite(p).all()
 
 
-def _weights(run):
-    return {f"{m}.{k}": v.clone() for m, mod in run.modules().items() for k, v in mod.state_dict().items()}
-
-
 def test_resume_continues_exactly(tmp_path):
     extra = ["model.name=vqgan-tiny", "model.loss={disc_start: 1}", "guidance.enabled=true",
              "model.overrides={dead_code_threshold: 0.5}"]
     straight = train(tiny_config(tmp_path / "a", "train.steps=4", *extra), progress=False)
     train(tiny_config(tmp_path / "b", "train.steps=2", *extra), progress=False)
     resumed = train(tiny_config(tmp_path / "b", "train.steps=4", *extra), resume=True, progress=False)
-    a, b = _weights(straight), _weights(resumed)
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    assert_same_tensors(run_weights(straight), run_weights(resumed))
 
 
 def _logged_steps(run_dir):
@@ -72,7 +65,7 @@ def test_crash_mid_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     run = build_run(tiny_config(tmp_path))
     opt = {"ae": torch.optim.Adam(run.model.parameters())}
     save_checkpoint(tmp_path, 1, run.modules(), opt)
-    before = _weights(run)
+    before = run_weights(run)
 
     def crash(*args, **kwargs):
         raise OSError("disk full")
@@ -88,8 +81,7 @@ def test_crash_mid_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
     fresh = build_run(tiny_config(tmp_path))
     load_weights(latest_checkpoint(tmp_path), fresh.modules())
-    for key, value in _weights(fresh).items():
-        assert torch.equal(value, before[key]), key
+    assert_same_tensors(run_weights(fresh), before)
 
 
 def _adam_steps(optimizer, params, grads):
